@@ -7,16 +7,16 @@ catch one type; the subclasses say which input was wrong and the message says ho
 from __future__ import annotations
 
 __all__ = [
-    "LatentGuardError",
-    "InputError",
-    "TemplateError",
-    "LayerError",
     "ArtifactError",
-    "FingerprintMismatchError",
-    "DatasetError",
-    "HostError",
     "CalibrationError",
+    "DatasetError",
+    "FingerprintMismatchError",
+    "HostError",
+    "InputError",
+    "LatentGuardError",
+    "LayerError",
     "NumericalError",
+    "TemplateError",
 ]
 
 

@@ -25,13 +25,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .errors import HostError
 
 __all__ = [
-    "DEFAULT_MODEL",
     "DEFAULT_GGUF_SHA256",
+    "DEFAULT_MODEL",
     "Host",
-    "load_host",
-    "default_model_dir",
     "cache_root",
     "default_gguf_path",
+    "default_model_dir",
+    "load_host",
 ]
 
 DEFAULT_MODEL = "default"

@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import LayerError
 
-__all__ = ["guess_layer_template", "decoder_blocks", "num_residual_layers", "check_layers"]
+__all__ = ["check_layers", "decoder_blocks", "guess_layer_template", "num_residual_layers"]
 
 _KNOWN_TEMPLATES = (
     "model.layers.{num}",            # Llama, Mistral, Qwen2, Gemma, SmolLM

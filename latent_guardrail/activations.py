@@ -1,0 +1,210 @@
+"""Capture residual-stream states at chosen layers and token positions with forward hooks.
+
+Residual layer ``l < num_blocks`` is the input of decoder block ``l`` (a forward *pre*-hook) and
+layer ``num_blocks`` is the output of the last block, before the final norm (a forward hook), as in
+the paper. Only the requested token positions are kept, so memory does not grow with the prompt.
+
+All hooks live inside :func:`capture`, a context manager that removes every handle in ``finally``
+(also when registering fails half-way or the forward pass raises). A hook only records the thread
+that installed it, so one model can serve concurrent requests from several threads without their
+states crossing. With ``stop_early`` the pass stops right after the last layer needed (early exit):
+the blocks above it and the LM head never run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .layers import check_layers, decoder_blocks
+from .positions import PromptEncoding, pad_batch
+
+__all__ = ["Capture", "capture", "extract_states", "run_capture"]
+
+
+class _EarlyExit(Exception):
+    """Raised by a hook to stop the forward pass once every needed layer is recorded."""
+
+
+@dataclass
+class Capture:
+    """States recorded during one forward pass.
+
+    ``states[layer]`` has shape ``(batch, positions, d_model)`` in float32 on the CPU, the
+    positions being those given to :func:`capture` (in padded coordinates).
+    """
+
+    layers: tuple[int, ...]
+    positions: torch.Tensor
+    states: dict[int, torch.Tensor] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """True once every requested layer has been recorded."""
+        return all(layer in self.states for layer in self.layers)
+
+    def stacked(self) -> torch.Tensor:
+        """All layers as one tensor of shape ``(batch, positions, layers, d_model)``."""
+        return torch.stack([self.states[layer] for layer in self.layers], dim=2)
+
+
+def _hidden_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    hidden = kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor):
+        raise RuntimeError("cannot find the hidden states among the decoder block's inputs")
+    return hidden
+
+
+def _record(result: Capture, layer: int, hidden: torch.Tensor, stop_after: int | None) -> None:
+    if layer in result.states:  # later decoding steps of a generation: keep the prefill's states
+        return
+    index = result.positions.to(hidden.device)
+    if index.shape[0] != hidden.shape[0]:
+        raise RuntimeError(f"captured batch {hidden.shape[0]} != positions batch {index.shape[0]}")
+    gathered = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    result.states[layer] = gathered.detach().to("cpu", torch.float32)
+    if stop_after is not None and layer >= stop_after and result.complete:
+        result.stopped_early = True
+        raise _EarlyExit
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layers: Sequence[int],
+    positions: torch.Tensor,
+    *,
+    layer_template: str | None = None,
+    stop_early: bool = False,
+) -> Iterator[Capture]:
+    """Record residual states at ``layers`` and ``positions`` during forward passes inside the block.
+
+    Args:
+        model: the host model.
+        layers: residual layers ``0..num_blocks`` (negative counts from the end).
+        positions: ``(batch, k)`` token indices (padded coordinates) to keep.
+        stop_early: stop the pass after the last layer needed (the ``with`` block then sees
+            ``capture.stopped_early``; the exception is swallowed only by :func:`run_capture`).
+
+    Yields:
+        A :class:`Capture` filled while the model runs.
+    """
+    blocks = decoder_blocks(model, layer_template)
+    wanted = check_layers(layers, len(blocks))
+    if positions.dim() != 2:
+        raise ValueError(f"positions must have shape (batch, k), got {tuple(positions.shape)}")
+    result = Capture(layers=wanted, positions=positions.long())
+    owner = threading.get_ident()
+    stop_after = max(wanted) if stop_early else None
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def pre_hook(layer: int) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if threading.get_ident() == owner:
+                _record(result, layer, _hidden_from(args, kwargs), stop_after)
+        return hook
+
+    def post_hook(layer: int) -> Any:
+        def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            if threading.get_ident() == owner:
+                hidden = output[0] if isinstance(output, tuple) else output
+                _record(result, layer, hidden, stop_after)
+        return hook
+
+    try:
+        for layer in wanted:
+            if layer < len(blocks):
+                handles.append(blocks[layer].register_forward_pre_hook(pre_hook(layer), with_kwargs=True))
+            else:
+                handles.append(blocks[-1].register_forward_hook(post_hook(layer)))
+        yield result
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence[int],
+    positions: torch.Tensor,
+    *,
+    layer_template: str | None = None,
+    stop_early: bool = True,
+) -> Capture:
+    """One forward pass over a padded batch, returning the states at ``layers`` × ``positions``.
+
+    Args:
+        input_ids, attention_mask: ``(batch, seq)``.
+        positions: ``(batch, k)`` in padded coordinates.
+
+    Returns:
+        A complete :class:`Capture` (``stacked()`` is ``(batch, k, layers, d_model)``, float32).
+    """
+    device = model.get_input_embeddings().weight.device
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with capture(model, layers, positions, layer_template=layer_template, stop_early=stop_early) as result:
+        try:
+            with torch.inference_mode():
+                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                      position_ids=position_ids.to(device), use_cache=False)
+        except _EarlyExit:
+            pass
+    if not result.complete:
+        missing = [layer for layer in result.layers if layer not in result.states]
+        raise RuntimeError(f"the forward pass did not reach layers {missing}")
+    return result
+
+
+def extract_states(
+    model: nn.Module,
+    encodings: Sequence[PromptEncoding],
+    layers: Sequence[int],
+    *,
+    pad_token_id: int,
+    which: Sequence[str] = ("t_inst",),
+    batch_size: int = 16,
+    layer_template: str | None = None,
+    stop_early: bool = True,
+    progress: bool | str = False,
+) -> torch.Tensor:
+    """States of many prompts, batched by length (left padding), in the input order.
+
+    Args:
+        which: positions to read per prompt, any of ``"t_inst"`` and ``"t_post_inst"``.
+        progress: show a progress bar (a string is used as its label).
+
+    Returns:
+        ``(n_prompts, len(which), len(layers), d_model)`` float32 on the CPU.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    for name in which:
+        if name not in ("t_inst", "t_post_inst"):
+            raise ValueError(f"unknown position {name!r}: use 't_inst' or 't_post_inst'")
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    out: list[torch.Tensor | None] = [None] * len(encodings)
+    label = progress if isinstance(progress, str) else "reading hidden states"
+    for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):
+        batch = pad_batch([encodings[i] for i in chunk], pad_token_id, side="left")
+        positions = torch.stack([getattr(batch, name) for name in which], dim=1)
+        result = run_capture(model, batch.input_ids, batch.attention_mask, layers, positions,
+                             layer_template=layer_template, stop_early=stop_early)
+        stacked = result.stacked()
+        for row, index in enumerate(chunk):
+            out[index] = stacked[row]
+    if not out:
+        raise ValueError("no prompts to read")
+    return torch.stack([state for state in out if state is not None])

@@ -1,0 +1,184 @@
+"""Save and load a fitted guard: ``guard.json`` (schema below) + ``tensors.safetensors``. No pickle, ever.
+
+Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VERSION`)::
+
+    format, version            "latent-guardrail", 1
+    fingerprint, fingerprint_parts   host identity (model config, tokenizer, chat template, system prompt, weights)
+    num_blocks, hidden_size, layer_template
+    position_rule              "t_inst = last token of the last user message (sentinel + offsets)"
+    scorer                     the scorer's config(): mode, layers, threshold, categories, ...
+    settings                   GuardSettings
+    refusal_source             "behaviour" | "contrastive" | null
+    categories                 names of the per-category centroids
+    report                     calibration summary (counts, CV figures, timings)
+    tensors_sha256             sha256 of tensors.safetensors (detects truncation and edits)
+
+Tensors: ``centroids.harmful`` / ``centroids.harmless`` ``(num_blocks + 1, d)``, ``centroids.category.<name>``,
+``refusal.direction`` and the scorer's own (``tuned.*``), all float32.
+The folder is written to a temporary sibling and renamed, so a crash never leaves a half-written guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .calibration import FittedGuard
+from .centroids import Centroids, scorer_from_artifact
+from .errors import ArtifactError, FingerprintMismatchError
+from .settings import GuardSettings
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_fitted", "load_fitted", "check_fingerprint",
+           "HEADER_FILE", "TENSORS_FILE"]
+
+FORMAT = "latent-guardrail"
+FORMAT_VERSION = 1
+HEADER_FILE = "guard.json"
+TENSORS_FILE = "tensors.safetensors"
+POSITION_RULE = "t_inst = last token of the last user message (sentinel + offsets)"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_fitted(fitted: FittedGuard, folder: str | os.PathLike[str]) -> Path:
+    """Write ``fitted`` to ``folder`` atomically (an existing guard there is replaced)."""
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {
+        "centroids.harmful": fitted.centroids.harmful.float(),
+        "centroids.harmless": fitted.centroids.harmless.float(),
+    }
+    for name, value in fitted.centroids.categories.items():
+        tensors[f"centroids.category.{name}"] = value.float()
+    if fitted.refusal_direction is not None:
+        tensors["refusal.direction"] = fitted.refusal_direction.float()
+    tensors.update(fitted.scorer.to_tensors())
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE),
+                  metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+        header = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "fingerprint": fitted.fingerprint,
+            "fingerprint_parts": fitted.fingerprint_parts,
+            "num_blocks": fitted.num_blocks,
+            "hidden_size": fitted.hidden_size,
+            "layer_template": fitted.layer_template,
+            "position_rule": POSITION_RULE,
+            "scorer": fitted.scorer.config(),
+            "settings": fitted.settings.model_dump(),
+            "refusal_source": fitted.refusal_source,
+            "categories": list(fitted.centroids.categories),
+            "report": fitted.report,
+            "tensors_sha256": _sha256(tmp / TENSORS_FILE),
+        }
+        (tmp / HEADER_FILE).write_text(json.dumps(header, indent=2, default=float), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _read_header(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise ArtifactError(f"no guard at {folder}: expected a folder with {HEADER_FILE} and {TENSORS_FILE} "
+                            "(create one with `latent-guardrail calibrate ... --out DIR` or guard.save(DIR))")
+    path = folder / HEADER_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not a guard: {HEADER_FILE} is missing")
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is corrupt: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a latent-guardrail header (format={header.get('format')!r})"
+                            if isinstance(header, dict) else f"{path} is not a JSON object")
+    version = header.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ArtifactError(f"{path} has format version {version!r}; this latent-guardrail reads versions "
+                            f"1..{FORMAT_VERSION} — upgrade latent-guardrail to load it")
+    for key in ("fingerprint_parts", "num_blocks", "hidden_size", "layer_template", "scorer", "settings",
+                "tensors_sha256"):
+        if key not in header:
+            raise ArtifactError(f"{path} lacks the key {key!r}")
+    return header
+
+
+def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
+    """Read a guard written by :func:`save_fitted`, checking format, checksums and shapes.
+
+    Raises:
+        ArtifactError: missing, corrupt, edited, of a future version, or not a safetensors file.
+    """
+    root = Path(folder)
+    header = _read_header(root)
+    tensor_path = root / TENSORS_FILE
+    if not tensor_path.is_file():
+        raise ArtifactError(f"{root} is not a complete guard: {TENSORS_FILE} is missing")
+    if _sha256(tensor_path) != header["tensors_sha256"]:
+        raise ArtifactError(f"{tensor_path} does not match its checksum in {HEADER_FILE}: the file was truncated "
+                            "or edited; recalibrate or restore it")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{tensor_path} is not a valid safetensors file: {exc}") from exc
+    layers, d = int(header["num_blocks"]) + 1, int(header["hidden_size"])
+
+    def take(name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        if name not in tensors:
+            raise ArtifactError(f"{tensor_path} lacks the tensor {name!r}")
+        value = tensors[name]
+        if shape is not None and tuple(value.shape) != shape:
+            raise ArtifactError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {shape}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ArtifactError(f"tensor {name!r} contains NaN or inf")
+        return value
+
+    categories = {name: take(f"centroids.category.{name}", (layers, d)).double()
+                  for name in header.get("categories", [])}
+    centroids = Centroids(tuple(range(layers)), take("centroids.harmful", (layers, d)).double(),
+                          take("centroids.harmless", (layers, d)).double(), categories)
+    refusal = take("refusal.direction", (layers, d)) if "refusal.direction" in tensors else None
+    scorer_tensors = {k: take(k) for k in tensors if k.startswith("tuned.")}
+    try:
+        scorer = scorer_from_artifact(header["scorer"], scorer_tensors, centroids)
+        settings = GuardSettings.model_validate(header["settings"])
+    except (KeyError, ValueError, TypeError, ValidationError) as exc:
+        raise ArtifactError(f"{root / HEADER_FILE} has an invalid scorer or settings section: {exc}") from exc
+    if scorer.mode == "tuned":
+        expected = (len(scorer.layers), d)
+        if tuple(scorer.directions.shape) != expected or tuple(scorer.midpoints.shape) != expected:
+            raise ArtifactError(f"tuned tensors do not match {len(scorer.layers)} layers × {d}")
+    if any(not 0 <= layer < layers for layer in scorer.layers):
+        raise ArtifactError(f"scorer layers {scorer.layers} out of range 0..{layers - 1}")
+    return FittedGuard(scorer=scorer, centroids=centroids, refusal_direction=refusal,
+                       refusal_source=header.get("refusal_source"), settings=settings,
+                       fingerprint_parts=dict(header["fingerprint_parts"]), num_blocks=layers - 1, hidden_size=d,
+                       layer_template=str(header["layer_template"]), report=dict(header.get("report", {})))
+
+
+def check_fingerprint(fitted: FittedGuard, actual_parts: dict[str, str], where: str = "") -> None:
+    """Raise :class:`FingerprintMismatchError` naming every part of the host that differs."""
+    differing = sorted(key for key in set(fitted.fingerprint_parts) | set(actual_parts)
+                       if fitted.fingerprint_parts.get(key) != actual_parts.get(key))
+    if differing:
+        raise FingerprintMismatchError(
+            f"the guard{(' at ' + where) if where else ''} was fitted for another host: {', '.join(differing)} "
+            "differ. Load it with the model (and system prompt) it was calibrated on, or recalibrate for this one "
+            "with `latent-guardrail calibrate --model ...`")

@@ -1,0 +1,218 @@
+"""Fit a guard from labelled prompts: states at t_inst / t_post-inst → centroids, scorer, refusal direction.
+
+Two ways to choose the examples (``CalibrationSettings.selection``):
+
+- ``label``: the prompts as labelled.
+- ``behaviour`` (the paper): generate a greedy reply per prompt, judge refusal by phrases, keep
+  refused-harmful (+ accepted-harmful if asked) and accepted-harmless. When the host refuses fewer than
+  ``min_per_class`` harmful prompts, it falls back to ``label`` with a warning (``auto`` does the same
+  silently when there are no refusals at all).
+
+The refusal direction v_refuse = μ_refuse − μ_accept at t_post-inst is fitted from the host's own
+refusals when there are enough, else contrastively: states at the end of a prefilled refusal opening
+minus those after a prefilled compliance opening.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .activations import extract_states
+from .centroids import Centroids, PaperScorer, TunedOptions, TunedScorer, fit_centroids, fit_paper, fit_tuned
+from .datasets import PromptRecord
+from .errors import CalibrationError, InputError
+from .fingerprint import combine_fingerprint, fingerprint_parts
+from .generation import generate_replies
+from .hosts import Host
+from .layers import decoder_blocks, guess_layer_template
+from .positions import Prompt, PromptEncoding, encode_batch
+from .refusal import Judge, PhraseJudge
+from .settings import CalibrationSettings, GuardSettings
+
+__all__ = ["FittedGuard", "calibrate", "REFUSAL_PREFILL", "COMPLIANCE_PREFILL", "as_prompt_list"]
+
+logger = logging.getLogger(__name__)
+
+REFUSAL_PREFILL = "I'm sorry, but I can't help with that"
+COMPLIANCE_PREFILL = "Sure, here is what you asked for"
+
+
+@dataclass
+class FittedGuard:
+    """Everything a fitted guard consists of (what an artifact stores).
+
+    ``centroids`` cover every residual layer ``0..num_blocks``; ``refusal_direction`` is ``(layers, d)``.
+    """
+
+    scorer: PaperScorer | TunedScorer
+    centroids: Centroids
+    refusal_direction: torch.Tensor | None
+    refusal_source: str | None
+    settings: GuardSettings
+    fingerprint_parts: dict[str, str]
+    num_blocks: int
+    hidden_size: int
+    layer_template: str
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """One hash over the host's identity parts."""
+        return combine_fingerprint(self.fingerprint_parts)
+
+
+def as_prompt_list(items: Sequence[str | PromptRecord | Prompt], what: str) -> list[Prompt]:
+    """Plain prompts from strings, :class:`PromptRecord` s or message lists; InputError on anything else."""
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise InputError(f"{what} must be a list of prompts, got {type(items).__name__}")
+    return [item.text if isinstance(item, PromptRecord) else item for item in items]
+
+
+def _categories_of(items: Sequence[Any]) -> list[str | None]:
+    return [item.category if isinstance(item, PromptRecord) else None for item in items]
+
+
+def _encode(host: Host, prompts: Sequence[Prompt], guard: GuardSettings) -> list[PromptEncoding]:
+    return encode_batch(host.tokenizer, prompts, system_prompt=guard.system_prompt,
+                        max_tokens=guard.max_tokens or host.max_positions)
+
+
+def _with_prefill(host: Host, encoding: PromptEncoding, prefill: str) -> PromptEncoding:
+    ids = encoding.input_ids + tuple(host.tokenizer.encode(prefill, add_special_tokens=False))
+    return encoding.model_copy(update={"input_ids": ids, "t_post_inst": len(ids) - 1})
+
+
+def _select_by_behaviour(host: Host, harmful: list[PromptEncoding], harmless: list[PromptEncoding],
+                         cal: CalibrationSettings, judge: Judge, progress: bool
+                         ) -> tuple[list[bool], list[bool], dict[str, Any]]:
+    replies = generate_replies(host.model, host.tokenizer, harmful + harmless, max_new_tokens=cal.max_new_tokens,
+                               batch_size=cal.batch_size, progress="judging refusals" if progress else False)
+    refused = [judge(reply) for reply in replies]
+    refused_h, refused_b = refused[: len(harmful)], refused[len(harmful):]
+    stats = {"refused_harmful": sum(refused_h), "accepted_harmful": len(harmful) - sum(refused_h),
+             "accepted_harmless": len(harmless) - sum(refused_b), "refused_harmless": sum(refused_b)}
+    return refused_h, refused_b, stats
+
+
+def calibrate(
+    host: Host,
+    harmful: Sequence[str | PromptRecord | Prompt],
+    harmless: Sequence[str | PromptRecord | Prompt],
+    *,
+    categories: Mapping[str, Sequence[str | PromptRecord | Prompt]] | None = None,
+    settings: CalibrationSettings | None = None,
+    guard_settings: GuardSettings | None = None,
+    judge: Judge | None = None,
+    progress: bool = True,
+) -> FittedGuard:
+    """Fit a guard for ``host`` from harmful and harmless prompts (and optional extra risk categories).
+
+    Args:
+        harmful, harmless: prompts (strings, message lists, or :class:`PromptRecord` s whose ``category``
+            names their risk category).
+        categories: extra harmful prompts per risk category name (added to ``harmful``).
+
+    Raises:
+        CalibrationError: too few examples per class.
+    """
+    cal = settings if settings is not None else CalibrationSettings()
+    guard = guard_settings if guard_settings is not None else GuardSettings()
+    started = time.perf_counter()
+    harmful_items = list(harmful)
+    harmful_cats = _categories_of(harmful_items)
+    for name, rows in (categories or {}).items():
+        extra = list(rows)
+        harmful_items += extra
+        harmful_cats += [name] * len(extra)
+    harmful_prompts = as_prompt_list(harmful_items, "harmful")
+    harmless_prompts = as_prompt_list(list(harmless), "harmless")
+    if len(harmful_prompts) < 2 or len(harmless_prompts) < 2:
+        raise CalibrationError(f"need at least 2 harmful and 2 harmless prompts, got {len(harmful_prompts)} "
+                               f"and {len(harmless_prompts)}")
+    enc_h = _encode(host, harmful_prompts, guard)
+    enc_b = _encode(host, harmless_prompts, guard)
+    blocks = decoder_blocks(host.model, guard.layer_template)
+    all_layers = tuple(range(len(blocks) + 1))
+    report: dict[str, Any] = {"selection": cal.selection, "mode": cal.mode,
+                              "given": {"harmful": len(enc_h), "harmless": len(enc_b)}}
+
+    keep_h = [True] * len(enc_h)
+    keep_b = [True] * len(enc_b)
+    refused_all: list[bool] | None = None
+    if cal.selection in ("behaviour", "auto"):
+        refused_h, refused_b, stats = _select_by_behaviour(host, enc_h, enc_b, cal,
+                                                           judge if judge is not None else PhraseJudge(), progress)
+        report["behaviour"] = stats
+        refused_all = refused_h + refused_b
+        enough = stats["refused_harmful"] >= cal.min_per_class and stats["accepted_harmless"] >= cal.min_per_class
+        if enough:
+            keep_h = [r or cal.include_accepted_harmful for r in refused_h]
+            keep_b = [not r for r in refused_b]
+            report["selection_used"] = "behaviour"
+        else:
+            message = (f"the host refused {stats['refused_harmful']} of {len(enc_h)} harmful prompts "
+                       f"(fewer than min_per_class={cal.min_per_class}); falling back to label-only calibration. "
+                       "A safety system prompt (GuardSettings.system_prompt) makes most hosts refuse more.")
+            if cal.selection == "behaviour" or stats["refused_harmful"] > 0:
+                warnings.warn(message, stacklevel=2)
+            logger.warning(message)
+            report["selection_used"] = "label"
+    else:
+        report["selection_used"] = "label"
+
+    states = extract_states(host.model, enc_h + enc_b, all_layers,
+                            pad_token_id=host.tokenizer.pad_token_id, which=("t_inst", "t_post_inst"),
+                            batch_size=cal.batch_size, layer_template=guard.layer_template,
+                            progress="reading hidden states" if progress else False)
+    inst, post = states[:, 0].double(), states[:, 1].double()   # (n, layers, d)
+    idx_h = [i for i, keep in enumerate(keep_h) if keep]
+    idx_b = [len(enc_h) + i for i, keep in enumerate(keep_b) if keep]
+    if len(idx_h) < 2 or len(idx_b) < 2:
+        raise CalibrationError(f"after selection only {len(idx_h)} harmful and {len(idx_b)} harmless prompts remain")
+    cats_kept = [harmful_cats[i] for i in idx_h]
+    centroids = fit_centroids(inst[idx_h], inst[idx_b], all_layers, cats_kept)
+    scorer: PaperScorer | TunedScorer
+    if cal.mode == "paper":
+        scorer = fit_paper(centroids, 0.0 if cal.threshold is None else cal.threshold)
+    else:
+        options = TunedOptions(num_layers=cal.num_layers, target_fpr=cal.target_fpr, max_layer=cal.max_layer,
+                               seed=cal.seed)
+        scorer, tuned_report = fit_tuned(inst[idx_h], inst[idx_b], all_layers, cats_kept, options)
+        if cal.threshold is not None:
+            scorer.threshold = float(cal.threshold)
+        report["tuned"] = tuned_report
+    report["kept"] = {"harmful": len(idx_h), "harmless": len(idx_b)}
+
+    direction, source = _refusal_direction(host, post, refused_all, enc_h + enc_b, cal, guard, all_layers, progress)
+    report["refusal_source"] = source
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    parts = fingerprint_parts(host.model, host.tokenizer, guard.system_prompt)
+    return FittedGuard(scorer=scorer, centroids=centroids, refusal_direction=direction, refusal_source=source,
+                       settings=guard, fingerprint_parts=parts, num_blocks=len(blocks),
+                       hidden_size=int(inst.shape[-1]),
+                       layer_template=guard.layer_template or guess_layer_template(host.model), report=report)
+
+
+def _refusal_direction(host: Host, post: torch.Tensor, refused: list[bool] | None,
+                       encodings: list[PromptEncoding], cal: CalibrationSettings, guard: GuardSettings,
+                       layers: tuple[int, ...], progress: bool) -> tuple[torch.Tensor, str]:
+    """v_refuse ``(layers, d)``: behavioural when the host refused enough prompts, else contrastive."""
+    if refused is not None and cal.min_per_class <= sum(refused) <= len(refused) - cal.min_per_class:
+        mask = torch.tensor(refused)
+        return (post[mask].mean(0) - post[~mask].mean(0)).float(), "behaviour"
+    step = max(1, len(encodings) // cal.refusal_prompts)
+    subset = encodings[::step][: cal.refusal_prompts]
+    prefilled = [_with_prefill(host, e, REFUSAL_PREFILL) for e in subset] + \
+                [_with_prefill(host, e, COMPLIANCE_PREFILL) for e in subset]
+    states = extract_states(host.model, prefilled, layers, pad_token_id=host.tokenizer.pad_token_id,
+                            which=("t_post_inst",), batch_size=cal.batch_size, layer_template=guard.layer_template,
+                            progress="refusal direction" if progress else False)[:, 0].double()
+    n = len(subset)
+    return (states[:n].mean(0) - states[n:].mean(0)).float(), "contrastive"

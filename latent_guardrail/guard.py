@@ -1,0 +1,257 @@
+"""``LatentGuard``: check prompts with the host's own hidden states.
+
+Typical use::
+
+    guard = LatentGuard.load("default")            # the default host, fitted on the bundled sets
+    verdict = guard.check("How do I pick a lock?")
+    verdict.harmful, verdict.score, verdict.threshold, verdict.layer_scores
+
+A check renders the prompt with the host's chat template, runs one forward pass that stops after the
+last layer the scorer reads (early exit), and scores the t_inst states in float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .activations import extract_states
+from .artifact import check_fingerprint, load_fitted, save_fitted
+from .calibration import FittedGuard, calibrate
+from .datasets import PromptRecord, read_calibration_sets
+from .errors import InputError, LatentGuardError, NumericalError
+from .fingerprint import fingerprint_parts
+from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
+from .positions import Prompt, PromptEncoding, encode_prompt
+from .settings import CalibrationSettings, GuardSettings, Mode, Selection
+from .verdict import Verdict
+
+__all__ = ["LatentGuard", "DEFAULT_GUARD"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GUARD = "default"
+_DEFAULT_GUARD_VERSION = "1"
+
+
+def _as_host(host: Host | str | os.PathLike[str] | None) -> Host:
+    if isinstance(host, Host):
+        return host
+    return load_host(DEFAULT_MODEL if host is None else host)
+
+
+class LatentGuard:
+    """A fitted latent guard bound to its host model. Thread-safe: checks may run from many threads."""
+
+    def __init__(self, host: Host, fitted: FittedGuard, settings: GuardSettings | None = None) -> None:
+        self.host = host
+        self.fitted = fitted
+        self.settings = settings if settings is not None else fitted.settings
+        if self.settings.system_prompt != fitted.settings.system_prompt:
+            raise InputError("the system prompt is part of the guard's identity; recalibrate to change it")
+        check_fingerprint(fitted, fingerprint_parts(host.model, host.tokenizer, self.settings.system_prompt))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def calibrate(
+        cls,
+        host: Host | str | os.PathLike[str] | None = None,
+        harmful: Sequence[str | PromptRecord | Prompt] = (),
+        harmless: Sequence[str | PromptRecord | Prompt] = (),
+        *,
+        categories: Mapping[str, Sequence[str | PromptRecord | Prompt]] | None = None,
+        mode: Mode = "tuned",
+        selection: Selection = "label",
+        system_prompt: str | None = None,
+        progress: bool = True,
+        settings: CalibrationSettings | None = None,
+        guard_settings: GuardSettings | None = None,
+    ) -> LatentGuard:
+        """Fit a guard for ``host`` (``"default"``, an HF id/path, or a :class:`Host`).
+
+        ``mode``/``selection`` are shortcuts for the same fields of ``settings``; ``system_prompt`` for
+        ``guard_settings.system_prompt``.
+        """
+        loaded = _as_host(host)
+        cal = (settings or CalibrationSettings()).model_copy(update={"mode": mode, "selection": selection})
+        cal = CalibrationSettings.model_validate(cal.model_dump())
+        base = guard_settings or GuardSettings()
+        if system_prompt is not None:
+            base = GuardSettings.model_validate({**base.model_dump(), "system_prompt": system_prompt})
+        fitted = calibrate(loaded, harmful, harmless, categories=categories, settings=cal, guard_settings=base,
+                           progress=progress)
+        return cls(loaded, fitted)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] = DEFAULT_GUARD, host: Host | str | os.PathLike[str] | None = None,
+             *, settings: GuardSettings | None = None, progress: bool = True) -> LatentGuard:
+        """Load a saved guard onto ``host`` (the default host when None).
+
+        ``"default"`` is the default host's guard fitted on the bundled ``calibration/`` sets in tuned
+        mode: fitted on first use (about a minute on 2 CPU cores) and cached.
+
+        Raises:
+            ArtifactError: missing or corrupt artifact.
+            FingerprintMismatchError: the artifact was fitted for another host.
+        """
+        loaded = _as_host(host)
+        if str(path) == DEFAULT_GUARD:
+            folder = default_guard_dir(loaded)
+            if not (folder / "guard.json").is_file():
+                harmful, harmless = read_calibration_sets()
+                logger.info("fitting the default guard on the bundled calibration sets (first use)")
+                fitted = calibrate(loaded, harmful, harmless, settings=CalibrationSettings(mode="tuned"),
+                                   progress=progress)
+                save_fitted(fitted, folder)
+            path = folder
+        fitted = load_fitted(path)
+        return cls(loaded, fitted, _merge(fitted.settings, settings))
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the guard as ``guard.json`` + ``tensors.safetensors`` (atomically)."""
+        return save_fitted(self.fitted, folder)
+
+    def with_settings(self, **changes: Any) -> LatentGuard:
+        """A guard sharing host and fit with some settings changed (e.g. ``threshold=1.5``)."""
+        merged = GuardSettings.model_validate({**self.settings.model_dump(), **changes})
+        return LatentGuard(self.host, self.fitted, merged)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def mode(self) -> str:
+        """Scoring mode: 'paper' or 'tuned'."""
+        return self.fitted.scorer.mode
+
+    @property
+    def threshold(self) -> float:
+        """The score at or above which a prompt is harmful."""
+        if self.settings.threshold is not None:
+            return float(self.settings.threshold)
+        return float(self.fitted.scorer.threshold)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Residual layers the scorer reads (early exit stops after the last one)."""
+        return self.fitted.scorer.layers
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the host this guard was fitted for."""
+        return self.fitted.fingerprint
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Risk categories with their own scores."""
+        return self.fitted.scorer.categories
+
+    # ------------------------------------------------------------------ checking
+    def encode(self, prompt: Prompt) -> PromptEncoding:
+        """Render and tokenize one prompt with this guard's system prompt and limits."""
+        if isinstance(prompt, str) and len(prompt) > self.settings.max_chars:
+            prompt = prompt[-self.settings.max_chars:]
+            encoding = self._encode(prompt)
+            return encoding.model_copy(update={"truncated": True})
+        return self._encode(prompt)
+
+    def _encode(self, prompt: Prompt) -> PromptEncoding:
+        limit = self.settings.max_tokens or self.host.max_positions
+        return encode_prompt(self.host.tokenizer, prompt, system_prompt=self.settings.system_prompt,
+                             max_tokens=limit)
+
+    def states(self, encodings: Sequence[PromptEncoding], layers: Sequence[int] | None = None,
+               which: Sequence[str] = ("t_inst",), progress: bool | str = False) -> torch.Tensor:
+        """Residual states ``(n, len(which), len(layers), d)`` (float32) of encoded prompts."""
+        return extract_states(self.host.model, encodings, self.layers if layers is None else layers,
+                              pad_token_id=self.host.tokenizer.pad_token_id, which=which,
+                              batch_size=self.settings.batch_size, layer_template=self.fitted.layer_template,
+                              progress=progress)
+
+    def verdicts_from_states(self, encodings: Sequence[PromptEncoding], states: torch.Tensor) -> list[Verdict]:
+        """Verdicts from t_inst states ``(n, len(self.layers), d)`` of ``encodings``."""
+        out = self.fitted.scorer.score(states)
+        if not (torch.isfinite(out.score).all() and torch.isfinite(out.layer_scores).all()):
+            raise NumericalError("scores are not finite")
+        threshold = self.threshold
+        verdicts = []
+        for row, encoding in enumerate(encodings):
+            score = float(out.score[row])
+            cat_scores = {name: float(out.category_scores[row, c]) for c, name in enumerate(self.categories)}
+            harmful = score >= threshold
+            category = max(cat_scores, key=lambda k: cat_scores[k]) if harmful and cat_scores else None
+            verdicts.append(Verdict(
+                harmful=harmful, score=score, threshold=threshold, mode=self.mode, category=category,
+                category_scores=cat_scores,
+                layer_scores={layer: float(out.layer_scores[row, i]) for i, layer in enumerate(self.layers)},
+                layers=self.layers, t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst,
+                num_tokens=len(encoding.input_ids), truncated=encoding.truncated, sanitized=encoding.sanitized,
+                fingerprint=self.fingerprint,
+            ))
+        return verdicts
+
+    def check(self, prompt: Prompt) -> Verdict:
+        """Judge one prompt (a string or a list of chat messages).
+
+        Raises:
+            InputError: the prompt is not a string/message list, or is empty.
+        """
+        return self.check_batch([prompt])[0]
+
+    def check_batch(self, prompts: Sequence[Prompt], *, progress: bool = False) -> list[Verdict]:
+        """Judge many prompts with batched forward passes; verdicts come back in input order.
+
+        Raises:
+            InputError: ``prompts`` is not a list, or one of them is invalid (its index is named).
+        """
+        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+            raise InputError(f"check_batch takes a list of prompts, got {type(prompts).__name__}; "
+                             "for one prompt use check()")
+        encodings = []
+        for index, prompt in enumerate(prompts):
+            try:
+                encodings.append(self.encode(prompt))
+            except InputError as exc:
+                raise InputError(f"prompt {index}: {exc}") from exc
+        if not encodings:
+            return []
+        try:
+            states = self.states(encodings, progress=progress)[:, 0]
+            return self.verdicts_from_states(encodings, states)
+        except (LatentGuardError, RuntimeError) as exc:
+            return self._fail(exc, len(encodings))
+
+    def _fail(self, exc: Exception, count: int) -> list[Verdict]:
+        reason = "non_finite_states" if isinstance(exc, NumericalError) else f"internal_error:{type(exc).__name__}"
+        logger.error("latent guard failure (%s): %s", reason, exc)
+        if self.settings.on_error == "raise":
+            raise exc
+        block = self.settings.on_error == "block"
+        verdict = Verdict.from_failure(reason, block=block, mode=self.mode,
+                                       threshold=self.threshold if math.isfinite(self.threshold) else 0.0,
+                                       fingerprint=self.fingerprint)
+        return [verdict] * count
+
+    def __repr__(self) -> str:
+        return (f"LatentGuard(host={self.host.name!r}, mode={self.mode!r}, layers={list(self.layers)}, "
+                f"threshold={self.threshold:.4f})")
+
+
+def _merge(saved: GuardSettings, override: GuardSettings | None) -> GuardSettings:
+    return saved if override is None else override
+
+
+def default_guard_dir(host: Host) -> Path:
+    """Cache folder of the default guard for ``host``, keyed by host, bundled sets and fitting recipe."""
+    digest = hashlib.sha256(_DEFAULT_GUARD_VERSION.encode())
+    digest.update(str(sorted(fingerprint_parts(host.model, host.tokenizer, None).items())).encode())
+    harmful, harmless = read_calibration_sets()
+    for record in harmful + harmless:
+        digest.update(f"{record.label}|{record.category}|{record.text}\n".encode())
+    digest.update(CalibrationSettings(mode="tuned").model_dump_json().encode())
+    return cache_root() / "guards" / f"default-{digest.hexdigest()[:12]}"

@@ -1,0 +1,62 @@
+"""Typed, bounded settings for checking and calibrating (pydantic, ``extra="forbid"``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["GuardSettings", "CalibrationSettings", "SAFETY_SYSTEM_PROMPT", "OnError", "Mode", "Selection"]
+
+OnError = Literal["block", "allow", "raise"]
+Mode = Literal["paper", "tuned"]
+Selection = Literal["label", "behaviour", "auto"]
+
+SAFETY_SYSTEM_PROMPT = (
+    "You are a safe assistant. If a request is harmful, illegal or dangerous, reply only: "
+    "I'm sorry, I can't help with that."
+)
+
+
+class GuardSettings(BaseModel):
+    """How a fitted guard checks prompts. Stored in the artifact; overridable at load time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    system_prompt: str | None = Field(
+        default=None, description="System prompt rendered before the user's messages (part of the fingerprint).")
+    threshold: float | None = Field(default=None, description="Override of the fitted threshold (None = fitted).")
+    max_tokens: int | None = Field(default=None, ge=16, le=1_000_000,
+                                   description="Longest prompt in tokens; longer instructions are cut from the left "
+                                               "(None = the model's context length).")
+    max_chars: int = Field(default=100_000, ge=1, le=10_000_000,
+                           description="Longest user text in characters; longer text is cut from the left first.")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="Prompts per forward pass.")
+    on_error: OnError = Field(default="block", description="On an internal failure: block, allow, or raise.")
+    layer_template: str | None = Field(default=None, description="Decoder block names, e.g. 'model.layers.{num}'.")
+
+
+class CalibrationSettings(BaseModel):
+    """How a guard is fitted from labelled prompts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Mode = Field(default="tuned", description="'paper' (the paper's centroid rule) or 'tuned'.")
+    selection: Selection = Field(
+        default="label",
+        description="'label': use the labels as given; 'behaviour': keep refused-harmful and accepted-harmless "
+                    "(greedy generation, refusal phrases) as in the paper; 'auto': behaviour when the host "
+                    "refuses enough, else label.")
+    include_accepted_harmful: bool = Field(default=True, description="Behaviour selection: also keep accepted-harmful.")
+    min_per_class: int = Field(default=10, ge=2, le=100_000,
+                               description="Fewest refused-harmful/accepted-harmless prompts for behaviour selection.")
+    max_new_tokens: int = Field(default=128, ge=1, le=4096, description="Greedy tokens generated to judge refusal.")
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    num_layers: int = Field(default=4, ge=1, le=512, description="Tuned: layers combined (contiguous window).")
+    target_fpr: float | None = Field(default=0.05, ge=0.0, le=0.5,
+                                     description="Tuned: held-out false-positive rate the threshold aims at.")
+    max_layer: int | None = Field(default=None, ge=0, description="Tuned: read no layer above this (early exit).")
+    threshold: float | None = Field(default=None, description="Fix the threshold instead of fitting it.")
+    refusal_prompts: int = Field(default=64, ge=2, le=100_000,
+                                 description="Prompts used for a contrastive refusal direction.")
+    seed: int = Field(default=0, ge=0)
