@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layers import check_layers, decoder_blocks
+from .layers import check_layers, decoder_blocks, input_device
 from .positions import PromptEncoding, pad_batch
 
 __all__ = ["Capture", "capture", "extract_states", "run_capture"]
@@ -152,7 +152,7 @@ def run_capture(
     Returns:
         A complete :class:`Capture` (``stacked()`` is ``(batch, k, layers, d_model)``, float32).
     """
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     with capture(model, layers, positions, layer_template=layer_template, stop_early=stop_early) as result:
         try:

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .calibration import FittedGuard
-from .centroids import Centroids, scorer_from_artifact
+from .centroids import Centroids, TunedScorer, scorer_from_artifact
 from .errors import ArtifactError, FingerprintMismatchError
 from .settings import GuardSettings
 
@@ -161,7 +161,7 @@ def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
         settings = GuardSettings.model_validate(header["settings"])
     except (KeyError, ValueError, TypeError, ValidationError) as exc:
         raise ArtifactError(f"{root / HEADER_FILE} has an invalid scorer or settings section: {exc}") from exc
-    if scorer.mode == "tuned":
+    if isinstance(scorer, TunedScorer):
         expected = (len(scorer.layers), d)
         if tuple(scorer.directions.shape) != expected or tuple(scorer.midpoints.shape) != expected:
             raise ArtifactError(f"tuned tensors do not match {len(scorer.layers)} layers × {d}")

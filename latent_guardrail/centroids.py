@@ -87,7 +87,10 @@ def cosine_scores(states: torch.Tensor, positive: torch.Tensor, negative: torch.
 
 @dataclass(frozen=True)
 class Centroids:
-    """Class means per layer at t_inst: ``harmful``/``harmless`` ``(layers, d)``, ``categories`` name → ``(layers, d)``."""
+    """Class means per layer at t_inst.
+
+    ``harmful``/``harmless``: ``(layers, d)``; ``categories``: name → ``(layers, d)``.
+    """
 
     layers: tuple[int, ...]
     harmful: torch.Tensor

