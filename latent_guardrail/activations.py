@@ -6,9 +6,11 @@ the paper. Only the requested token positions are kept, so memory does not grow 
 
 All hooks live inside :func:`capture`, a context manager that removes every handle in ``finally``
 (also when registering fails half-way or the forward pass raises). A hook only records the thread
-that installed it, so one model can serve concurrent requests from several threads without their
-states crossing. With ``stop_early`` the pass stops right after the last layer needed (early exit):
-the blocks above it and the LM head never run.
+that installed it, so states never cross between threads; registering hooks while another thread runs
+the same model is still unsafe in torch (its hook dictionaries are not thread-safe), so callers that
+share a model between threads serialise model work with one lock (``Host.lock`` — ``LatentGuard`` does).
+With ``stop_early`` the pass stops right after the last layer needed (early exit): the blocks above it and
+the LM head never run.
 """
 
 from __future__ import annotations
@@ -109,9 +111,9 @@ def capture(
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def pre_hook(layer: int) -> Any:
-        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
             if threading.get_ident() == owner:
-                _record(result, layer, _hidden_from(args, kwargs), stop_after)
+                _record(result, layer, _hidden_from(args, kwargs or {}), stop_after)
         return hook
 
     def post_hook(layer: int) -> Any:

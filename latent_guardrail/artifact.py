@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .calibration import FittedGuard
-from .centroids import Centroids, TunedScorer, scorer_from_artifact
+from .centroids import Centroids, PaperScorer, TunedScorer, scorer_from_artifact
 from .errors import ArtifactError, FingerprintMismatchError
 from .settings import GuardSettings
 
@@ -161,16 +162,30 @@ def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
         settings = GuardSettings.model_validate(header["settings"])
     except (KeyError, ValueError, TypeError, ValidationError) as exc:
         raise ArtifactError(f"{root / HEADER_FILE} has an invalid scorer or settings section: {exc}") from exc
-    if isinstance(scorer, TunedScorer):
-        expected = (len(scorer.layers), d)
-        if tuple(scorer.directions.shape) != expected or tuple(scorer.midpoints.shape) != expected:
-            raise ArtifactError(f"tuned tensors do not match {len(scorer.layers)} layers × {d}")
+    _check_scorer(scorer, d, root / HEADER_FILE)
     if any(not 0 <= layer < layers for layer in scorer.layers):
         raise ArtifactError(f"scorer layers {scorer.layers} out of range 0..{layers - 1}")
     return FittedGuard(scorer=scorer, centroids=centroids, refusal_direction=refusal,
                        refusal_source=header.get("refusal_source"), settings=settings,
                        fingerprint_parts=dict(header["fingerprint_parts"]), num_blocks=layers - 1, hidden_size=d,
                        layer_template=str(header["layer_template"]), report=dict(header.get("report", {})))
+
+
+def _check_scorer(scorer: PaperScorer | TunedScorer, d: int, where: Path) -> None:
+    """Shapes and finiteness of everything the scorer will compute with."""
+    numbers = [scorer.threshold]
+    if isinstance(scorer, TunedScorer):
+        k, c = len(scorer.layers), len(scorer.categories)
+        shapes = {"tuned.directions": (scorer.directions, (k, d)), "tuned.midpoints": (scorer.midpoints, (k, d)),
+                  "tuned.category_directions": (scorer.category_directions, (c, k, d)),
+                  "tuned.category_midpoints": (scorer.category_midpoints, (c, k, d)),
+                  "tuned.category_calibration": (scorer.category_calibration, (c, 2))}
+        for name, (value, shape) in shapes.items():
+            if tuple(value.shape) != shape:
+                raise ArtifactError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {shape}")
+        numbers += list(scorer.calibration)
+    if not all(math.isfinite(x) for x in numbers):
+        raise ArtifactError(f"{where}: the scorer's threshold or calibration is not a finite number")
 
 
 def check_fingerprint(fitted: FittedGuard, actual_parts: dict[str, str], where: str = "") -> None:

@@ -25,7 +25,16 @@ from typing import Any
 import torch
 
 from .activations import extract_states
-from .centroids import Centroids, PaperScorer, TunedOptions, TunedScorer, fit_centroids, fit_paper, fit_tuned
+from .centroids import (
+    Centroids,
+    PaperScorer,
+    TunedOptions,
+    TunedScorer,
+    fit_centroids,
+    fit_paper,
+    fit_tuned,
+    scorer_from_artifact,
+)
 from .datasets import PromptRecord
 from .errors import CalibrationError, InputError
 from .fingerprint import combine_fingerprint, fingerprint_parts
@@ -122,6 +131,22 @@ def calibrate(
     Raises:
         CalibrationError: too few examples per class.
     """
+    with host.lock:
+        return _calibrate(host, harmful, harmless, categories=categories, settings=settings,
+                          guard_settings=guard_settings, judge=judge, progress=progress)
+
+
+def _calibrate(
+    host: Host,
+    harmful: Sequence[str | PromptRecord | Prompt],
+    harmless: Sequence[str | PromptRecord | Prompt],
+    *,
+    categories: Mapping[str, Sequence[str | PromptRecord | Prompt]] | None,
+    settings: CalibrationSettings | None,
+    guard_settings: GuardSettings | None,
+    judge: Judge | None,
+    progress: bool,
+) -> FittedGuard:
     cal = settings if settings is not None else CalibrationSettings()
     guard = guard_settings if guard_settings is not None else GuardSettings()
     started = time.perf_counter()
@@ -194,6 +219,10 @@ def calibrate(
     report["refusal_source"] = source
     report["seconds"] = round(time.perf_counter() - started, 2)
     parts = fingerprint_parts(host.model, host.tokenizer, guard.system_prompt)
+    # keep exactly what an artifact stores (float32), so a saved and reloaded guard scores identically
+    centroids = Centroids(centroids.layers, centroids.harmful.float().double(), centroids.harmless.float().double(),
+                          {k: v.float().double() for k, v in centroids.categories.items()})
+    scorer = scorer_from_artifact(scorer.config(), scorer.to_tensors(), centroids)
     return FittedGuard(scorer=scorer, centroids=centroids, refusal_direction=direction, refusal_source=source,
                        settings=guard, fingerprint_parts=parts, num_blocks=len(blocks),
                        hidden_size=int(inst.shape[-1]),

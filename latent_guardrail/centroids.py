@@ -291,7 +291,7 @@ class TunedScorer:
             "tuned.midpoints": self.midpoints.float(),
             "tuned.category_directions": self.category_directions.float(),
             "tuned.category_midpoints": self.category_midpoints.float(),
-            "tuned.category_calibration": self.category_calibration,
+            "tuned.category_calibration": self.category_calibration.float(),
         }
 
     def config(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def generate_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     replies: list[str] = [""] * len(encodings)
     label = progress if isinstance(progress, str) else "generating replies"
-    for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):
+    for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):  # callers hold Host.lock
         batch = pad_batch([encodings[i] for i in chunk], pad_id, side="left")
         with torch.inference_mode():
             out = model.generate(  # type: ignore[operator]

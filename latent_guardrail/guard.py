@@ -154,10 +154,14 @@ class LatentGuard:
     # ------------------------------------------------------------------ checking
     def encode(self, prompt: Prompt) -> PromptEncoding:
         """Render and tokenize one prompt with this guard's system prompt and limits."""
-        if isinstance(prompt, str) and len(prompt) > self.settings.max_chars:
-            prompt = prompt[-self.settings.max_chars:]
-            encoding = self._encode(prompt)
-            return encoding.model_copy(update={"truncated": True})
+        limit = self.settings.max_chars
+        if isinstance(prompt, str) and len(prompt) > limit:
+            return self._encode(prompt[-limit:]).model_copy(update={"truncated": True})
+        if not isinstance(prompt, str) and isinstance(prompt, Sequence) and prompt and isinstance(prompt[-1], Mapping):
+            content = prompt[-1].get("content")
+            if isinstance(content, str) and len(content) > limit:
+                cut = [*prompt[:-1], {**prompt[-1], "content": content[-limit:]}]
+                return self._encode(cut).model_copy(update={"truncated": True})
         return self._encode(prompt)
 
     def _encode(self, prompt: Prompt) -> PromptEncoding:
@@ -168,10 +172,11 @@ class LatentGuard:
     def states(self, encodings: Sequence[PromptEncoding], layers: Sequence[int] | None = None,
                which: Sequence[str] = ("t_inst",), progress: bool | str = False) -> torch.Tensor:
         """Residual states ``(n, len(which), len(layers), d)`` (float32) of encoded prompts."""
-        return extract_states(self.host.model, encodings, self.layers if layers is None else layers,
-                              pad_token_id=self.host.tokenizer.pad_token_id, which=which,
-                              batch_size=self.settings.batch_size, layer_template=self.fitted.layer_template,
-                              progress=progress)
+        with self.host.lock:
+            return extract_states(self.host.model, encodings, self.layers if layers is None else layers,
+                                  pad_token_id=self.host.tokenizer.pad_token_id, which=which,
+                                  batch_size=self.settings.batch_size, layer_template=self.fitted.layer_template,
+                                  progress=progress)
 
     def verdicts_from_states(self, encodings: Sequence[PromptEncoding], states: torch.Tensor) -> list[Verdict]:
         """Verdicts from t_inst states ``(n, len(self.layers), d)`` of ``encodings``."""
@@ -243,7 +248,10 @@ class LatentGuard:
 
 
 def _merge(saved: GuardSettings, override: GuardSettings | None) -> GuardSettings:
-    return saved if override is None else override
+    """The saved settings with the fields that ``override`` sets explicitly."""
+    if override is None:
+        return saved
+    return GuardSettings.model_validate({**saved.model_dump(), **override.model_dump(exclude_unset=True)})
 
 
 def default_guard_dir(host: Host) -> Path:

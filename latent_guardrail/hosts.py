@@ -49,8 +49,8 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.b
 class Host:
     """A loaded host: the causal LM, its tokenizer, and where it came from.
 
-    ``lock`` serialises generation on the model when several threads share it (reading hidden
-    states does not need it: capture hooks only record the thread that installed them).
+    ``lock`` serialises work on the model (hooked forward passes, generation) between threads: torch's
+    hook registries are not thread-safe. Checks, calibration and generation in this package take it.
     """
 
     model: PreTrainedModel

@@ -23,7 +23,7 @@ class Verdict(BaseModel):
 
     ``harmful`` is ``score >= threshold`` for a normal verdict (``status == "ok"``). A verdict
     produced by the failure policy (``status == "error"``) carries the reason code in ``error``
-    and blocks or allows as the policy says; its scores are ``NaN``-free defaults.
+    and blocks or allows as the policy says; its score only encodes that decision.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,8 +66,12 @@ class Verdict(BaseModel):
     @classmethod
     def from_failure(cls, reason: str, *, block: bool, mode: str, threshold: float = 0.0,
                      fingerprint: str = "") -> Verdict:
-        """A verdict decided by the failure policy: blocks when ``block`` else allows."""
-        return cls(harmful=block, score=math.inf if block else -math.inf, threshold=threshold, mode=mode,
+        """A verdict decided by the failure policy: blocks when ``block`` else allows.
+
+        Its ``score`` is ``threshold ± 1`` on the side of the decision (finite, so the verdict survives JSON,
+        and ``harmful == (score >= threshold)`` still holds); it measures nothing — read ``status``.
+        """
+        return cls(harmful=block, score=threshold + (1.0 if block else -1.0), threshold=threshold, mode=mode,
                    fingerprint=fingerprint, status="error", error=reason)
 
     def summary(self) -> str:

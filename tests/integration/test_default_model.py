@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from latent_guardrail import LatentGuard, SAFETY_SYSTEM_PROMPT
+from latent_guardrail import SAFETY_SYSTEM_PROMPT, LatentGuard
 from latent_guardrail.artifact import TENSORS_FILE
 from latent_guardrail.datasets import read_prompts
 from latent_guardrail.hosts import DEFAULT_GGUF_SHA256, _sha256, default_gguf_path, default_model_dir

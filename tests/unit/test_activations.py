@@ -35,7 +35,7 @@ def _batch(host, prompts):
 
 
 def test_states_match_hf_hidden_states(host):
-    encodings, batch = _batch(host, HARMFUL[:3])
+    _, batch = _batch(host, HARMFUL[:3])
     positions = torch.stack([batch.t_inst, batch.t_post_inst], dim=1)
     result = run_capture(host.model, batch.input_ids, batch.attention_mask, range(5), positions, stop_early=False)
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
