@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 from .layers import check_layers, decoder_blocks, input_device
 from .positions import PromptEncoding, pad_batch
 
-__all__ = ["Capture", "capture", "extract_states", "run_capture"]
+__all__ = ["Capture", "capture", "run_capture", "extract_states", "VIEWS", "POINT_VIEWS", "SPAN_VIEWS"]
+
+POINT_VIEWS = ("t_inst", "t_post_inst")
+"""Views read at one token: the instruction's last token and the last prompt token."""
+SPAN_VIEWS = ("content_mean",)
+"""Views averaged over tokens: ``content_mean`` = mean over the last user message's content tokens."""
+VIEWS = POINT_VIEWS + SPAN_VIEWS
 
 
 class _EarlyExit(Exception):
@@ -39,12 +45,14 @@ class _EarlyExit(Exception):
 class Capture:
     """States recorded during one forward pass.
 
-    ``states[layer]`` has shape ``(batch, positions, d_model)`` in float32 on the CPU, the
-    positions being those given to :func:`capture` (in padded coordinates).
+    ``states[layer]`` has shape ``(batch, positions + spans, d_model)`` in float32 on the CPU: first the
+    tokens at ``positions``, then the mean over each inclusive ``[start, end]`` span of ``spans``
+    (padded coordinates).
     """
 
     layers: tuple[int, ...]
     positions: torch.Tensor
+    spans: torch.Tensor | None = None
     states: dict[int, torch.Tensor] = field(default_factory=dict)
     stopped_early: bool = False
 
@@ -73,8 +81,14 @@ def _record(result: Capture, layer: int, hidden: torch.Tensor, stop_after: int |
     index = result.positions.to(hidden.device)
     if index.shape[0] != hidden.shape[0]:
         raise RuntimeError(f"captured batch {hidden.shape[0]} != positions batch {index.shape[0]}")
-    gathered = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    result.states[layer] = gathered.detach().to("cpu", torch.float32)
+    parts = [torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])).float()]
+    if result.spans is not None and result.spans.shape[1] > 0:
+        spans = result.spans.to(hidden.device)                                        # (batch, m, 2)
+        steps = torch.arange(hidden.shape[1], device=hidden.device).view(1, 1, -1)
+        mask = ((steps >= spans[..., :1]) & (steps <= spans[..., 1:])).to(torch.float32)  # (batch, m, seq)
+        summed = torch.einsum("bms,bsd->bmd", mask, hidden.float())
+        parts.append(summed / mask.sum(-1, keepdim=True).clamp(min=1.0))
+    result.states[layer] = torch.cat(parts, dim=1).detach().to("cpu", torch.float32)
     if stop_after is not None and layer >= stop_after and result.complete:
         result.stopped_early = True
         raise _EarlyExit
@@ -88,6 +102,7 @@ def capture(
     *,
     layer_template: str | None = None,
     stop_early: bool = False,
+    spans: torch.Tensor | None = None,
 ) -> Iterator[Capture]:
     """Record residual states at ``layers`` and ``positions`` during forward passes inside the block.
 
@@ -97,6 +112,7 @@ def capture(
         positions: ``(batch, k)`` token indices (padded coordinates) to keep.
         stop_early: stop the pass after the last layer needed (the ``with`` block then sees
             ``capture.stopped_early``; the exception is swallowed only by :func:`run_capture`).
+        spans: ``(batch, m, 2)`` inclusive token spans to average (padded coordinates), or None.
 
     Yields:
         A :class:`Capture` filled while the model runs.
@@ -105,7 +121,7 @@ def capture(
     wanted = check_layers(layers, len(blocks))
     if positions.dim() != 2:
         raise ValueError(f"positions must have shape (batch, k), got {tuple(positions.shape)}")
-    result = Capture(layers=wanted, positions=positions.long())
+    result = Capture(layers=wanted, positions=positions.long(), spans=None if spans is None else spans.long())
     owner = threading.get_ident()
     stop_after = max(wanted) if stop_early else None
     handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -144,6 +160,7 @@ def run_capture(
     *,
     layer_template: str | None = None,
     stop_early: bool = True,
+    spans: torch.Tensor | None = None,
 ) -> Capture:
     """One forward pass over a padded batch, returning the states at ``layers`` × ``positions``.
 
@@ -156,7 +173,8 @@ def run_capture(
     """
     device = input_device(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    with capture(model, layers, positions, layer_template=layer_template, stop_early=stop_early) as result:
+    with capture(model, layers, positions, layer_template=layer_template, stop_early=stop_early,
+                 spans=spans) as result:
         try:
             with torch.inference_mode():
                 model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
@@ -184,27 +202,34 @@ def extract_states(
     """States of many prompts, batched by length (left padding), in the input order.
 
     Args:
-        which: positions to read per prompt, any of ``"t_inst"`` and ``"t_post_inst"``.
+        which: views to read per prompt, any of :data:`VIEWS` (``"t_inst"``, ``"t_post_inst"``,
+            ``"content_mean"``).
         progress: show a progress bar (a string is used as its label).
 
     Returns:
-        ``(n_prompts, len(which), len(layers), d_model)`` float32 on the CPU.
+        ``(n_prompts, len(which), len(layers), d_model)`` float32 on the CPU, views in ``which`` order.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     for name in which:
-        if name not in ("t_inst", "t_post_inst"):
-            raise ValueError(f"unknown position {name!r}: use 't_inst' or 't_post_inst'")
+        if name not in VIEWS:
+            raise ValueError(f"unknown view {name!r}: use one of {', '.join(VIEWS)}")
+    points = [name for name in which if name in POINT_VIEWS] or ["t_inst"]
+    pooled = [name for name in which if name in SPAN_VIEWS]
+    slots = [*points, *pooled]
+    order_out = [slots.index(name) for name in which]
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     out: list[torch.Tensor | None] = [None] * len(encodings)
     label = progress if isinstance(progress, str) else "reading hidden states"
     for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):
         batch = pad_batch([encodings[i] for i in chunk], pad_token_id, side="left")
-        positions = torch.stack([getattr(batch, name) for name in which], dim=1)
+        positions = torch.stack([getattr(batch, name) for name in points], dim=1)
+        spans = torch.stack([torch.stack([batch.t_content_start, batch.t_inst], dim=-1) for _ in pooled], dim=1) \
+            if pooled else None
         result = run_capture(model, batch.input_ids, batch.attention_mask, layers, positions,
-                             layer_template=layer_template, stop_early=stop_early)
-        stacked = result.stacked()
+                             layer_template=layer_template, stop_early=stop_early, spans=spans)
+        stacked = result.stacked()[:, order_out]
         for row, index in enumerate(chunk):
             out[index] = stacked[row]
     if not out:

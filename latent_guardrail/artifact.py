@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .activations import VIEWS
 from .calibration import FittedGuard
 from .centroids import Centroids, PaperScorer, TunedScorer, scorer_from_artifact
 from .errors import ArtifactError, FingerprintMismatchError
@@ -175,10 +176,14 @@ def _check_scorer(scorer: PaperScorer | TunedScorer, d: int, where: Path) -> Non
     """Shapes and finiteness of everything the scorer will compute with."""
     numbers = [scorer.threshold]
     if isinstance(scorer, TunedScorer):
-        k, c = len(scorer.layers), len(scorer.categories)
-        shapes = {"tuned.directions": (scorer.directions, (k, d)), "tuned.midpoints": (scorer.midpoints, (k, d)),
-                  "tuned.category_directions": (scorer.category_directions, (c, k, d)),
-                  "tuned.category_midpoints": (scorer.category_midpoints, (c, k, d)),
+        v, k, c = len(scorer.views), len(scorer.layers), len(scorer.categories)
+        unknown = [view for view in scorer.views if view not in VIEWS]
+        if unknown:
+            raise ArtifactError(f"{where}: unknown views {unknown}; this latent-guardrail knows {list(VIEWS)}")
+        shapes = {"tuned.directions": (scorer.directions, (v, k, d)),
+                  "tuned.midpoints": (scorer.midpoints, (v, k, d)),
+                  "tuned.category_directions": (scorer.category_directions, (c, v, k, d)),
+                  "tuned.category_midpoints": (scorer.category_midpoints, (c, v, k, d)),
                   "tuned.category_calibration": (scorer.category_calibration, (c, 2))}
         for name, (value, shape) in shapes.items():
             if tuple(value.shape) != shape:

@@ -192,11 +192,13 @@ def _calibrate(
     else:
         report["selection_used"] = "label"
 
+    views = ("t_inst", "content_mean")
     states = extract_states(host.model, enc_h + enc_b, all_layers,
-                            pad_token_id=host.tokenizer.pad_token_id, which=("t_inst", "t_post_inst"),
+                            pad_token_id=host.tokenizer.pad_token_id, which=(*views, "t_post_inst"),
                             batch_size=cal.batch_size, layer_template=guard.layer_template,
                             progress="reading hidden states" if progress else False)
-    inst, post = states[:, 0].double(), states[:, 1].double()   # (n, layers, d)
+    read, post = states[:, :2].double(), states[:, 2].double()  # (n, views, layers, d), (n, layers, d)
+    inst = read[:, 0]
     idx_h = [i for i, keep in enumerate(keep_h) if keep]
     idx_b = [len(enc_h) + i for i, keep in enumerate(keep_b) if keep]
     if len(idx_h) < 2 or len(idx_b) < 2:
@@ -209,7 +211,7 @@ def _calibrate(
     else:
         options = TunedOptions(num_layers=cal.num_layers, target_fpr=cal.target_fpr, max_layer=cal.max_layer,
                                seed=cal.seed)
-        scorer, tuned_report = fit_tuned(inst[idx_h], inst[idx_b], all_layers, cats_kept, options)
+        scorer, tuned_report = fit_tuned(read[idx_h], read[idx_b], all_layers, cats_kept, options, views=views)
         if cal.threshold is not None:
             scorer.threshold = float(cal.threshold)
         report["tuned"] = tuned_report

@@ -51,6 +51,7 @@ class Scorer(Protocol):
 
     mode: str
     layers: tuple[int, ...]
+    views: tuple[str, ...]
     categories: tuple[str, ...]
     threshold: float
 
@@ -61,9 +62,22 @@ class Scorer(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
-def _check_states(states: torch.Tensor, layers: int) -> torch.Tensor:
-    if states.dim() != 3 or states.shape[1] != layers:
-        raise ValueError(f"states must be (n, {layers}, d_model), got {tuple(states.shape)}")
+def _check_states(states: torch.Tensor, layers: int, views: Sequence[str] | None = None) -> torch.Tensor:
+    """Validate and upcast states: ``(n, layers, d)`` when ``views`` is None, else ``(n, views, layers, d)``.
+
+    A single view may be given either way (the view axis is added or dropped).
+    """
+    if views is None:
+        if states.dim() == 4 and states.shape[1] == 1:
+            states = states[:, 0]
+        if states.dim() != 3 or states.shape[1] != layers:
+            raise ValueError(f"states must be (n, {layers}, d_model), got {tuple(states.shape)}")
+    else:
+        if states.dim() == 3 and len(views) == 1:
+            states = states.unsqueeze(1)
+        if states.dim() != 4 or states.shape[1] != len(views) or states.shape[2] != layers:
+            raise ValueError(f"states must be (n, {len(views)}, {layers}, d_model) for views {tuple(views)}, "
+                             f"got {tuple(states.shape)}")
     out = states.to(_F64)
     if not torch.isfinite(out).all():
         raise NumericalError("hidden states contain NaN or inf")
@@ -130,6 +144,7 @@ class PaperScorer:
     """
 
     mode = "paper"
+    views: tuple[str, ...] = ("t_inst",)
 
     def __init__(self, centroids: Centroids, threshold: float = 0.0) -> None:
         self.centroids = centroids
@@ -157,6 +172,10 @@ class PaperScorer:
 
 # ----------------------------------------------------------------------------------------- tuned mode
 
+VIEW_SETS: tuple[tuple[str, ...], ...] = (("t_inst",), ("t_inst", "content_mean"))
+"""Candidate views for tuned mode: the paper's t_inst token alone, or with the mean over the user's content."""
+
+
 @dataclass(frozen=True)
 class TunedOptions:
     """Knobs of the tuned rule (all chosen by cross-validation on the calibration set unless fixed).
@@ -164,14 +183,16 @@ class TunedOptions:
     Attributes:
         num_layers: how many layers to combine (a contiguous window, chosen by CV AUROC).
         shrinkage: candidate shrinkage strengths γ for the within-class covariance.
+        view_sets: candidate sets of views (each must be among the views given to :func:`fit_tuned`).
         folds: cross-validation folds.
-        target_fpr: the threshold passes this fraction of held-out harmless calibration prompts
-            wrongly flagged at most; ``None`` puts it at log-odds 0 (balanced classes).
+        target_fpr: the threshold lets at most this fraction of held-out harmless calibration prompts
+            be flagged; ``None`` puts it at log-odds 0 (balanced classes). Never below log-odds 0.
         max_layer: do not read layers above this (lets early exit pay); ``None`` = all.
     """
 
     num_layers: int = 4
-    shrinkage: tuple[float, ...] = (0.05, 0.2, 0.5, 0.8, 0.95)
+    shrinkage: tuple[float, ...] = (0.05, 0.2, 0.5, 0.8)
+    view_sets: tuple[tuple[str, ...], ...] = VIEW_SETS
     folds: int = 5
     target_fpr: float | None = 0.05
     max_layer: int | None = None
@@ -182,8 +203,9 @@ def _lda_directions(pos: torch.Tensor, neg: torch.Tensor, gammas: Sequence[float
                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Shrinkage-LDA directions (one per γ, from one eigendecomposition) and the midpoint, for one layer.
 
-    The within-class covariance S is shrunk towards ``mean(diag S)·I``:
-    ``S_γ = (1 − γ) S + γ mean(diag S) I`` and ``w_γ = S_γ⁻¹ (μ_pos − μ_neg)``.
+    The within-class covariance S is shrunk towards ``s·I`` with ``s = mean(diag S)``:
+    ``S_γ = (1 − γ) S + γ s I`` and ``w_γ = S_γ⁻¹ (μ_pos − μ_neg)``. With fewer examples than dimensions the
+    eigendecomposition is done on the n×n Gram matrix (S has rank < n; off its span S_γ⁻¹ = 1/(γ s)).
 
     Args:
         pos, neg: ``(n_pos, d)``, ``(n_neg, d)`` float64.
@@ -192,15 +214,27 @@ def _lda_directions(pos: torch.Tensor, neg: torch.Tensor, gammas: Sequence[float
         (list of w ``(d,)`` scaled so the projected classes have unit pooled std, midpoint ``(d,)``).
     """
     mu_p, mu_n = pos.mean(0), neg.mean(0)
-    centred = torch.cat([pos - mu_p, neg - mu_n])
-    cov = centred.T @ centred / max(centred.shape[0] - 2, 1)
-    eigvals, eigvecs = torch.linalg.eigh(cov)
-    eigvals = eigvals.clamp(min=0.0)
-    scale = eigvals.mean()
-    diff = eigvecs.T @ (mu_p - mu_n)
+    centred = torch.cat([pos - mu_p, neg - mu_n])                       # (n, d)
+    n, d = centred.shape
+    denom = max(n - 2, 1)
+    diff = mu_p - mu_n
+    if n < d:
+        gram_vals, gram_vecs = torch.linalg.eigh(centred @ centred.T / denom)
+        keep = gram_vals > gram_vals.max() * 1e-10
+        eigvals = gram_vals[keep]
+        eigvecs = (centred.T @ gram_vecs[:, keep]) / torch.sqrt(eigvals * denom)   # (d, r) orthonormal
+        scale = eigvals.sum() / d
+    else:
+        eigvals, eigvecs = torch.linalg.eigh(centred.T @ centred / denom)
+        eigvals = eigvals.clamp(min=0.0)
+        scale = eigvals.mean()
+    along = eigvecs.T @ diff
+    rest = diff - eigvecs @ along
     out = []
     for gamma in gammas:
-        w = eigvecs @ (diff / ((1.0 - gamma) * eigvals + gamma * scale))
+        w = eigvecs @ (along / ((1.0 - gamma) * eigvals + gamma * scale))
+        if gamma > 0:
+            w = w + rest / (gamma * scale)
         spread = (centred @ w).std()
         if not torch.isfinite(spread) or spread <= 0:
             raise NumericalError("degenerate calibration states: zero spread along the discriminant")
@@ -244,11 +278,14 @@ def _folds(n_pos: int, n_neg: int, k: int, seed: int) -> list[tuple[np.ndarray, 
 
 
 class TunedScorer:
-    """Tuned Latent Guard: shrinkage-LDA per layer on a CV-chosen window of layers, Platt-calibrated.
+    """Tuned Latent Guard: shrinkage-LDA per (view, layer) on a CV-chosen window of layers, Platt-calibrated.
 
-    Per layer l in ``layers``: z_l = (h_l − m_l) · w_l (w_l = shrinkage-LDA direction, scaled to unit
-    within-class spread); layer score s_l = a·z_l + b, a log-odds; the score is the mean of s_l.
-    Category c has its own directions (category-c prompts vs harmless) and calibration.
+    For each view v (t_inst, optionally the mean over the user's content tokens) and layer l:
+    z_vl = (h_vl − m_vl) · w_vl, w_vl the shrinkage-LDA direction scaled to unit within-class spread.
+    Layer score s_l = a · mean_v z_vl + b (a log-odds); the score is the mean of the s_l. Category c has its
+    own directions (category-c prompts vs harmless) and calibration.
+
+    ``states`` given to :meth:`score` are ``(n, len(views), len(layers), d)``.
     """
 
     mode = "tuned"
@@ -257,30 +294,33 @@ class TunedScorer:
                  calibration: tuple[float, float], threshold: float,
                  categories: Sequence[str] = (), category_directions: torch.Tensor | None = None,
                  category_midpoints: torch.Tensor | None = None,
-                 category_calibration: torch.Tensor | None = None, shrinkage: float = 0.5) -> None:
+                 category_calibration: torch.Tensor | None = None, shrinkage: float = 0.5,
+                 views: Sequence[str] = ("t_inst",)) -> None:
         self.layers = tuple(int(x) for x in layers)
-        self.directions = directions.to(_F64)          # (layers, d)
-        self.midpoints = midpoints.to(_F64)            # (layers, d)
+        self.views = tuple(views)
+        self.directions = directions.to(_F64)          # (views, layers, d)
+        self.midpoints = midpoints.to(_F64)            # (views, layers, d)
         self.calibration = (float(calibration[0]), float(calibration[1]))
         self.threshold = float(threshold)
         self.categories = tuple(categories)
-        d = self.directions.shape[-1]
-        empty = torch.zeros(0, len(self.layers), d, dtype=_F64)
-        self.category_directions = (category_directions if category_directions is not None else empty).to(_F64)
-        self.category_midpoints = (category_midpoints if category_midpoints is not None else empty).to(_F64)
+        shape = (0, len(self.views), len(self.layers), self.directions.shape[-1])
+        self.category_directions = (category_directions if category_directions is not None
+                                    else torch.zeros(shape, dtype=_F64)).to(_F64)   # (C, views, layers, d)
+        self.category_midpoints = (category_midpoints if category_midpoints is not None
+                                   else torch.zeros(shape, dtype=_F64)).to(_F64)
         self.category_calibration = (category_calibration if category_calibration is not None
-                                     else torch.zeros(0, 2, dtype=_F64)).to(_F64)
+                                     else torch.zeros(0, 2, dtype=_F64)).to(_F64)   # (C, 2)
         self.shrinkage = float(shrinkage)
 
     def score(self, states: torch.Tensor) -> ScoreOutput:
-        x = _check_states(states, len(self.layers))
-        z = ((x - self.midpoints) * self.directions).sum(-1)                  # (n, layers)
+        x = _check_states(states, len(self.layers), self.views)                      # (n, views, layers, d)
+        z = ((x - self.midpoints) * self.directions).sum(-1).mean(1)                  # (n, layers)
         a, b = self.calibration
         per_layer = a * z + b
         if self.categories:
-            zc = ((x.unsqueeze(1) - self.category_midpoints) * self.category_directions).sum(-1)  # (n, C, layers)
-            cal = self.category_calibration                                                     # (C, 2)
-            cats = cal[:, 0] * zc.mean(-1) + cal[:, 1]
+            zc = ((x.unsqueeze(1) - self.category_midpoints) * self.category_directions).sum(-1)  # (n, C, V, L)
+            cal = self.category_calibration
+            cats = cal[:, 0] * zc.mean(dim=(2, 3)) + cal[:, 1]
         else:
             cats = torch.zeros(x.shape[0], 0, dtype=_F64)
         return ScoreOutput(per_layer.mean(-1), per_layer, cats)
@@ -295,9 +335,9 @@ class TunedScorer:
         }
 
     def config(self) -> dict[str, Any]:
-        return {"mode": self.mode, "layers": list(self.layers), "threshold": self.threshold,
-                "categories": list(self.categories), "calibration": list(self.calibration),
-                "shrinkage": self.shrinkage}
+        return {"mode": self.mode, "layers": list(self.layers), "views": list(self.views),
+                "threshold": self.threshold, "categories": list(self.categories),
+                "calibration": list(self.calibration), "shrinkage": self.shrinkage}
 
 
 def fit_paper(centroids: Centroids, threshold: float = 0.0) -> PaperScorer:
@@ -305,109 +345,127 @@ def fit_paper(centroids: Centroids, threshold: float = 0.0) -> PaperScorer:
     return PaperScorer(centroids, threshold)
 
 
-def _cv_layer_scores(pos: torch.Tensor, neg: torch.Tensor, gammas: Sequence[float],
-                     folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold z-scores of every layer and γ: pos ``(γ, n_pos, layers)``, neg ``(γ, n_neg, layers)``."""
-    n_layers = pos.shape[1]
-    out_pos = np.zeros((len(gammas), pos.shape[0], n_layers))
-    out_neg = np.zeros((len(gammas), neg.shape[0], n_layers))
+def _cv_scores(pos: torch.Tensor, neg: torch.Tensor, gammas: Sequence[float],
+               folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold z-scores of every (view, layer) and γ.
+
+    Args:
+        pos, neg: ``(n, views, layers, d)``.
+
+    Returns:
+        pos ``(γ, n_pos, views, layers)``, neg ``(γ, n_neg, views, layers)``.
+    """
+    _, n_views, n_layers, _ = pos.shape
+    out_pos = np.zeros((len(gammas), pos.shape[0], n_views, n_layers))
+    out_neg = np.zeros((len(gammas), neg.shape[0], n_views, n_layers))
     for test_p, test_n in folds:
         tp, tn = torch.from_numpy(test_p), torch.from_numpy(test_n)
-        for layer in range(n_layers):
-            ws, mid = _lda_directions(pos[~tp, layer], neg[~tn, layer], gammas)
-            for g, w in enumerate(ws):
-                out_pos[g, test_p, layer] = _project(pos[tp, layer], w, mid).numpy()
-                out_neg[g, test_n, layer] = _project(neg[tn, layer], w, mid).numpy()
+        for view in range(n_views):
+            for layer in range(n_layers):
+                ws, mid = _lda_directions(pos[~tp, view, layer], neg[~tn, view, layer], gammas)
+                for g, w in enumerate(ws):
+                    out_pos[g, test_p, view, layer] = _project(pos[tp, view, layer], w, mid).numpy()
+                    out_neg[g, test_n, view, layer] = _project(neg[tn, view, layer], w, mid).numpy()
     return out_pos, out_neg
+
+
+def _fit_directions(pos: torch.Tensor, neg: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Directions and midpoints ``(views, layers, d)`` for states ``(n, views, layers, d)``."""
+    dirs = torch.zeros(pos.shape[1:], dtype=_F64)
+    mids = torch.zeros(pos.shape[1:], dtype=_F64)
+    for view in range(pos.shape[1]):
+        for layer in range(pos.shape[2]):
+            dirs[view, layer], mids[view, layer] = _lda_direction(pos[:, view, layer], neg[:, view, layer], gamma)
+    return dirs, mids
 
 
 def fit_tuned(harmful: torch.Tensor, harmless: torch.Tensor, layers: Sequence[int],
               categories: Sequence[str | None] | None = None,
-              options: TunedOptions | None = None) -> tuple[TunedScorer, dict[str, Any]]:
-    """Fit the tuned rule on t_inst states.
+              options: TunedOptions | None = None,
+              views: Sequence[str] = ("t_inst",)) -> tuple[TunedScorer, dict[str, Any]]:
+    """Fit the tuned rule on residual states.
 
     Args:
-        harmful: ``(n_h, len(layers), d)``; harmless: ``(n_b, len(layers), d)``.
+        harmful: ``(n_h, len(views), len(layers), d)`` (or ``(n_h, len(layers), d)`` for one view);
+            harmless likewise.
         layers: the residual layers those states come from.
         categories: per harmful row, its risk category (or None).
+        views: the views those states hold, e.g. ``("t_inst", "content_mean")``.
 
     Returns:
-        (scorer, report) — the report holds the CV AUROC per layer and shrinkage, the chosen window,
+        (scorer, report) — the report holds the CV AUROC per layer and shrinkage, the chosen views and window,
         and held-out rates, for plots and the calibration summary.
     """
     opts = options if options is not None else TunedOptions()
-    pos = _check_states(harmful, len(layers))
-    neg = _check_states(harmless, len(layers))
+    pos = _check_states(harmful, len(layers), views)
+    neg = _check_states(harmless, len(layers), views)
     if min(pos.shape[0], neg.shape[0]) < max(opts.folds, 4):
         raise CalibrationError(f"tuned mode needs at least {max(opts.folds, 4)} examples per class; "
                                f"got {pos.shape[0]} harmful and {neg.shape[0]} harmless")
     allowed = [i for i, layer in enumerate(layers) if opts.max_layer is None or layer <= opts.max_layer]
     if not allowed:
         raise CalibrationError(f"no layer at or below max_layer={opts.max_layer}")
-    pos_a, neg_a = pos[:, allowed], neg[:, allowed]
+    candidates = [vs for vs in opts.view_sets if all(v in views for v in vs)]
+    if not candidates:
+        raise CalibrationError(f"none of the view sets {opts.view_sets} is available in views {tuple(views)}")
+    used_views = sorted({v for vs in candidates for v in vs}, key=list(views).index)
+    pos_a = pos[:, [list(views).index(v) for v in used_views]][:, :, allowed]
+    neg_a = neg[:, [list(views).index(v) for v in used_views]][:, :, allowed]
     folds = _folds(pos.shape[0], neg.shape[0], opts.folds, opts.seed)
     window = max(1, min(opts.num_layers, len(allowed)))
-    best: tuple[float, float, int, np.ndarray, np.ndarray] | None = None
-    per_layer_auc: dict[float, list[float]] = {}
-    all_zp, all_zn = _cv_layer_scores(pos_a, neg_a, opts.shrinkage, folds)
+    all_zp, all_zn = _cv_scores(pos_a, neg_a, opts.shrinkage, folds)
+    best: tuple[float, float, tuple[str, ...], int, np.ndarray, np.ndarray] | None = None
+    per_layer_auc: dict[str, dict[int, float]] = {}
     for gamma, zp, zn in zip(opts.shrinkage, all_zp, all_zn, strict=True):
-        per_layer_auc[gamma] = [auroc(zp[:, i], zn[:, i]) or 0.5 for i in range(len(allowed))]
-        for start in range(len(allowed) - window + 1):
-            mp, mn = zp[:, start:start + window].mean(1), zn[:, start:start + window].mean(1)
-            value = auroc(mp, mn) or 0.5
-            if best is None or value > best[0] + 1e-4:
-                best = (value, gamma, start, mp, mn)
+        for v, view in enumerate(used_views):
+            per_layer_auc[f"{view}@{gamma}"] = {layers[i]: auroc(zp[:, v, j], zn[:, v, j]) or 0.5
+                                                for j, i in enumerate(allowed)}
+        for view_set in candidates:
+            vidx = [used_views.index(v) for v in view_set]
+            for start in range(len(allowed) - window + 1):
+                mp = zp[:, vidx, start:start + window].mean(axis=(1, 2))
+                mn = zn[:, vidx, start:start + window].mean(axis=(1, 2))
+                value = auroc(mp, mn) or 0.5
+                if best is None or value > best[0] + 1e-4:
+                    best = (value, gamma, view_set, start, mp, mn)
     if best is None:
         raise CalibrationError("no shrinkage candidates given")
-    cv_auc, gamma, start, oof_pos, oof_neg = best
+    cv_auc, gamma, view_set, start, oof_pos, oof_neg = best
     chosen = allowed[start:start + window]
+    vsel = [list(views).index(v) for v in view_set]
     z = np.concatenate([oof_pos, oof_neg])
     y = np.concatenate([np.ones(len(oof_pos)), np.zeros(len(oof_neg))])
     a, b = _platt(z, y)
     logit_neg = a * oof_neg + b
     threshold = 0.0 if opts.target_fpr is None else max(0.0, threshold_at_fpr(logit_neg, opts.target_fpr))
-    dirs, mids = [], []
-    for index in chosen:
-        w, mid = _lda_direction(pos[:, index], neg[:, index], gamma)
-        dirs.append(w)
-        mids.append(mid)
+    pos_c, neg_c = pos[:, vsel][:, :, chosen], neg[:, vsel][:, :, chosen]
+    dirs, mids = _fit_directions(pos_c, neg_c, gamma)
     cat_names: list[str] = []
     cat_dirs, cat_mids, cat_cal = [], [], []
-    if categories is not None:
-        names = sorted({c for c in categories if c is not None})
-        for name in names:
-            rows = [i for i, c in enumerate(categories) if c == name]
-            if len(rows) < 2:
-                continue
-            sub = pos[rows]
-            ws, ms, zs_p, zs_n = [], [], [], []
-            for index in chosen:
-                w, mid = _lda_direction(sub[:, index], neg[:, index], gamma)
-                ws.append(w)
-                ms.append(mid)
-                zs_p.append(_project(sub[:, index], w, mid))
-                zs_n.append(_project(neg[:, index], w, mid))
-            zc = torch.cat([torch.stack(zs_p, 1).mean(1), torch.stack(zs_n, 1).mean(1)]).numpy()
-            yc = np.concatenate([np.ones(len(rows)), np.zeros(neg.shape[0])])
-            cat_names.append(name)
-            cat_dirs.append(torch.stack(ws))
-            cat_mids.append(torch.stack(ms))
-            cat_cal.append(torch.tensor(_platt(zc, yc), dtype=_F64))
-    d = pos.shape[-1]
+    for name in sorted({c for c in (categories or []) if c is not None}):
+        rows = [i for i, c in enumerate(categories or []) if c == name]
+        if len(rows) < 2:
+            continue
+        cdir, cmid = _fit_directions(pos_c[rows], neg_c, gamma)
+        zc_p = ((pos_c[rows] - cmid) * cdir).sum(-1).mean(dim=(1, 2))
+        zc_n = ((neg_c - cmid) * cdir).sum(-1).mean(dim=(1, 2))
+        yc = np.concatenate([np.ones(len(rows)), np.zeros(neg.shape[0])])
+        cat_names.append(name)
+        cat_dirs.append(cdir)
+        cat_mids.append(cmid)
+        cat_cal.append(torch.tensor(_platt(torch.cat([zc_p, zc_n]).numpy(), yc), dtype=_F64))
+    empty = torch.zeros(0, *dirs.shape, dtype=_F64)
     scorer = TunedScorer(
-        [layers[i] for i in chosen], torch.stack(dirs), torch.stack(mids), (a, b), threshold,
-        cat_names,
-        torch.stack(cat_dirs) if cat_dirs else torch.zeros(0, len(chosen), d, dtype=_F64),
-        torch.stack(cat_mids) if cat_mids else torch.zeros(0, len(chosen), d, dtype=_F64),
-        torch.stack(cat_cal) if cat_cal else torch.zeros(0, 2, dtype=_F64),
-        shrinkage=gamma,
+        [layers[i] for i in chosen], dirs, mids, (a, b), threshold, cat_names,
+        torch.stack(cat_dirs) if cat_dirs else empty, torch.stack(cat_mids) if cat_mids else empty,
+        torch.stack(cat_cal) if cat_cal else torch.zeros(0, 2, dtype=_F64), shrinkage=gamma, views=view_set,
     )
     report = {
         "cv_auroc": cv_auc,
         "shrinkage": gamma,
+        "views": list(view_set),
         "layers": list(scorer.layers),
-        "per_layer_cv_auroc": {str(g): dict(zip([layers[i] for i in allowed], v, strict=True))
-                               for g, v in per_layer_auc.items()},
+        "per_layer_cv_auroc": per_layer_auc,
         "heldout_detect_rate": float((a * oof_pos + b >= threshold).mean()),
         "heldout_pass_rate": float((logit_neg < threshold).mean()),
     }
@@ -426,5 +484,6 @@ def scorer_from_artifact(config: Mapping[str, Any], tensors: Mapping[str, torch.
             tuple(config["calibration"]), float(config["threshold"]), config.get("categories", []),
             tensors["tuned.category_directions"], tensors["tuned.category_midpoints"],
             tensors["tuned.category_calibration"], shrinkage=float(config.get("shrinkage", 0.5)),
+            views=config.get("views", ["t_inst"]),
         )
     raise ValueError(f"unknown scoring mode {mode!r}: expected 'paper' or 'tuned'")

@@ -144,6 +144,10 @@ def check(
 ) -> None:
     """Judge one or more prompts and print score, threshold, per-layer and per-category scores."""
     prompts = [line.strip() for line in sys.stdin if line.strip()] if text == ["-"] else text
+    if as_json:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         guard = LatentGuard.load(guard_dir, load_host(model), progress=not as_json)
         if threshold is not None:

@@ -169,17 +169,26 @@ class LatentGuard:
         return encode_prompt(self.host.tokenizer, prompt, system_prompt=self.settings.system_prompt,
                              max_tokens=limit)
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """What the scorer reads at each layer: ``t_inst`` and possibly ``content_mean``."""
+        return self.fitted.scorer.views
+
     def states(self, encodings: Sequence[PromptEncoding], layers: Sequence[int] | None = None,
-               which: Sequence[str] = ("t_inst",), progress: bool | str = False) -> torch.Tensor:
-        """Residual states ``(n, len(which), len(layers), d)`` (float32) of encoded prompts."""
+               which: Sequence[str] | None = None, progress: bool | str = False) -> torch.Tensor:
+        """Residual states ``(n, len(which), len(layers), d)`` (float32) of encoded prompts.
+
+        Defaults: the scorer's layers and views (what a check reads).
+        """
         with self.host.lock:
             return extract_states(self.host.model, encodings, self.layers if layers is None else layers,
-                                  pad_token_id=self.host.tokenizer.pad_token_id, which=which,
+                                  pad_token_id=self.host.tokenizer.pad_token_id,
+                                  which=self.views if which is None else which,
                                   batch_size=self.settings.batch_size, layer_template=self.fitted.layer_template,
                                   progress=progress)
 
     def verdicts_from_states(self, encodings: Sequence[PromptEncoding], states: torch.Tensor) -> list[Verdict]:
-        """Verdicts from t_inst states ``(n, len(self.layers), d)`` of ``encodings``."""
+        """Verdicts from states ``(n, len(self.views), len(self.layers), d)`` of ``encodings``."""
         out = self.fitted.scorer.score(states)
         if not (torch.isfinite(out.score).all() and torch.isfinite(out.layer_scores).all()):
             raise NumericalError("scores are not finite")
@@ -194,7 +203,7 @@ class LatentGuard:
                 harmful=harmful, score=score, threshold=threshold, mode=self.mode, category=category,
                 category_scores=cat_scores,
                 layer_scores={layer: float(out.layer_scores[row, i]) for i, layer in enumerate(self.layers)},
-                layers=self.layers, t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst,
+                layers=self.layers, views=self.views, t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst,
                 num_tokens=len(encoding.input_ids), truncated=encoding.truncated, sanitized=encoding.sanitized,
                 fingerprint=self.fingerprint,
             ))
@@ -226,7 +235,7 @@ class LatentGuard:
         if not encodings:
             return []
         try:
-            states = self.states(encodings, progress=progress)[:, 0]
+            states = self.states(encodings, progress=progress)
             return self.verdicts_from_states(encodings, states)
         except (LatentGuardError, RuntimeError) as exc:
             return self._fail(exc, len(encodings))

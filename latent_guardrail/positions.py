@@ -68,9 +68,12 @@ class PromptEncoding(pydantic.BaseModel, frozen=True):
     content_span: tuple[int, int]
     truncated: bool = False
     sanitized: bool = False
+    t_content_start: int = 0
 
     @pydantic.model_validator(mode="after")
     def _check_positions(self) -> PromptEncoding:
+        if not 0 <= self.t_content_start <= self.t_inst:
+            raise ValueError(f"need 0 <= t_content_start <= t_inst, got {self.t_content_start} > {self.t_inst}")
         if self.t_post_inst != len(self.input_ids) - 1 or not 0 <= self.t_inst <= self.t_post_inst:
             raise ValueError(
                 f"need 0 <= t_inst <= t_post_inst == len(input_ids) - 1, got t_inst={self.t_inst}, "
@@ -91,14 +94,15 @@ class PromptEncoding(pydantic.BaseModel, frozen=True):
 class PaddedBatch:
     """Padded prompts; positions are in padded coordinates.
 
-    ``input_ids`` and ``attention_mask``: LongTensor ``(batch, seq)``; ``t_inst`` and ``t_post_inst``:
-    LongTensor ``(batch,)``.
+    ``input_ids`` and ``attention_mask``: LongTensor ``(batch, seq)``; ``t_inst``, ``t_post_inst`` and
+    ``t_content_start`` (first token of the last user message's content): LongTensor ``(batch,)``.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     t_inst: torch.Tensor
     t_post_inst: torch.Tensor
+    t_content_start: torch.Tensor
 
     def to(self, device: torch.device | str) -> PaddedBatch:
         """The same batch with every tensor moved to ``device``."""
@@ -256,6 +260,7 @@ def pad_batch(
     attention_mask = torch.zeros((len(encodings), seq), dtype=torch.long)
     t_inst = torch.empty(len(encodings), dtype=torch.long)
     t_post_inst = torch.empty(len(encodings), dtype=torch.long)
+    t_content_start = torch.empty(len(encodings), dtype=torch.long)
     for row, encoding in enumerate(encodings):
         length = len(encoding.input_ids)
         start = seq - length if side == "left" else 0
@@ -263,7 +268,8 @@ def pad_batch(
         attention_mask[row, start : start + length] = 1
         t_inst[row] = start + encoding.t_inst
         t_post_inst[row] = start + encoding.t_post_inst
-    return PaddedBatch(input_ids, attention_mask, t_inst, t_post_inst)
+        t_content_start[row] = start + encoding.t_content_start
+    return PaddedBatch(input_ids, attention_mask, t_inst, t_post_inst, t_content_start)
 
 
 def _sanitize(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> tuple[list[Message], bool]:
@@ -309,15 +315,19 @@ def _encode(
         t_inst = ending[-1] if ending else -1
         if t_inst < 0 or offsets[t_inst][1] <= content_start:
             raise TemplateError("no token of the user's content was found in the tokenized prompt")
+        t_start = next(i for i, (start, end) in enumerate(offsets) if end > content_start and end > start)
     else:  # slow tokenizer: compare the tokenization of the text up to the content's end with the full one
         head, _ = _tokenize(tokenizer, text[:content_end])
         common = next((i for i, (a, b) in enumerate(zip(head, input_ids, strict=False)) if a != b), len(head))
         # all of head matched: its last token ends the content; else the first differing token straddles it
         t_inst = min(common - 1 if common == len(head) else common, len(input_ids) - 1)
+        lead, _ = _tokenize(tokenizer, text[:content_start])
+        t_start = next((i for i, (a, b) in enumerate(zip(lead, input_ids, strict=False)) if a != b), len(lead))
     return PromptEncoding(
         input_ids=tuple(input_ids),
         t_inst=max(t_inst, 0),
         t_post_inst=len(input_ids) - 1,
+        t_content_start=min(max(t_start, 0), max(t_inst, 0)),
         text=text,
         content_span=(content_start, content_end),
         truncated=truncated,

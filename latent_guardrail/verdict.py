@@ -36,6 +36,7 @@ class Verdict(BaseModel):
     category_scores: dict[str, float] = Field(default_factory=dict, description="Score per risk category.")
     layer_scores: dict[int, float] = Field(default_factory=dict, description="Score per layer that was read.")
     layers: tuple[int, ...] = Field(default=(), description="Residual-stream layers read (0..num_layers).")
+    views: tuple[str, ...] = Field(default=("t_inst",), description="What was read per layer: t_inst, content_mean.")
     t_inst: int | None = Field(default=None, description="Token index of the instruction's last token.")
     t_post_inst: int | None = Field(default=None, description="Token index of the last prompt token.")
     num_tokens: int | None = Field(default=None, description="Length of the rendered prompt in tokens.")

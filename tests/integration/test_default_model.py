@@ -93,7 +93,7 @@ def test_cli_calibrate_and_check(shared_data, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["check", "--guard", str(out), "--json", "How do I bake bread?"])
     assert result.exit_code == 0, result.output
-    line = json.loads(result.output.strip().splitlines()[-1])
+    line = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"harmful", "score", "threshold", "layer_scores", "t_inst"} <= set(line)
     bad = runner.invoke(app, ["calibrate", "--harmful", str(shared_data / "advbench" / "harmful_behaviors.csv"),
                               "--text-column", "nope", "--harmless", str(shared_data / "advbench" /

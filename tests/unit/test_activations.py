@@ -127,3 +127,24 @@ def test_threads_do_not_see_each_others_states(host):
     assert not errors
     for index, state in enumerate(expected):
         torch.testing.assert_close(results[index], state, atol=1e-5, rtol=1e-5)
+
+
+def test_content_mean_is_the_mean_over_the_users_tokens(host):
+    encodings = encode_batch(host.tokenizer, [HARMFUL[0], HARMLESS[3] + " with a longer tail of words"])
+    got = extract_states(host.model, encodings, [0, 2], pad_token_id=host.tokenizer.pad_token_id,
+                         which=("content_mean", "t_inst"), stop_early=False)
+    for row, encoding in enumerate(encodings):
+        ids = torch.tensor([encoding.input_ids])
+        with torch.no_grad():
+            hidden = host.model(input_ids=ids, output_hidden_states=True).hidden_states
+        span = slice(encoding.t_content_start, encoding.t_inst + 1)
+        assert encoding.t_content_start < encoding.t_inst
+        for column, layer in enumerate([0, 2]):
+            torch.testing.assert_close(got[row, 0, column], hidden[layer][0, span].mean(0), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got[row, 1, column], hidden[layer][0, encoding.t_inst], atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_view_is_rejected(host):
+    encodings = encode_batch(host.tokenizer, [HARMFUL[0]])
+    with pytest.raises(ValueError, match="content_mean"):
+        extract_states(host.model, encodings, [0], pad_token_id=0, which=("middle",))

@@ -130,3 +130,24 @@ def test_metrics():
     neg = np.arange(100.0)
     t = threshold_at_fpr(neg, 0.05)
     assert (neg >= t).mean() <= 0.05 and (neg >= t).sum() == 5
+
+
+def test_tuned_can_combine_views_and_reports_the_choice():
+    gen = torch.Generator().manual_seed(7)
+    d, layers = 16, 3
+    direction = torch.randn(d, generator=gen)
+    # view 0 carries a weak signal, view 1 a strong one: CV must pick both views (or at least see view 1)
+    def make(sign: float) -> torch.Tensor:
+        v0 = torch.randn(60, layers, d, generator=gen) + sign * 0.05 * direction
+        v1 = torch.randn(60, layers, d, generator=gen) + sign * 0.6 * direction
+        return torch.stack([v0, v1], dim=1)
+    harmful, harmless = make(1.0), make(-1.0)
+    scorer, report = fit_tuned(harmful, harmless, list(range(layers)), None,
+                               TunedOptions(num_layers=1, view_sets=(("t_inst",), ("t_inst", "content_mean"))),
+                               views=("t_inst", "content_mean"))
+    assert scorer.views == ("t_inst", "content_mean") and report["views"] == ["t_inst", "content_mean"]
+    assert scorer.directions.shape == (2, 1, d)
+    out = scorer.score(harmful[:, :, list(scorer.layers)])
+    assert out.layer_scores.shape == (60, 1)
+    with pytest.raises(ValueError, match="views"):
+        scorer.score(harmful[:, 0, list(scorer.layers)])
