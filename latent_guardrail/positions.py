@@ -114,6 +114,8 @@ def to_messages(prompt: Prompt, system_prompt: str | None = None) -> list[Messag
 
     A plain string is one user message. The last message must be a non-empty user message; a system
     message may only come first. ``system_prompt`` is prepended unless the messages start with a system one.
+    Trailing whitespace of the last user message is dropped, so ``t_inst`` is its last visible token (a
+    trailing newline would otherwise move t_inst onto a whitespace token and change the verdict).
     """
     if system_prompt is not None and not isinstance(system_prompt, str):
         raise InputError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
@@ -135,6 +137,7 @@ def to_messages(prompt: Prompt, system_prompt: str | None = None) -> list[Messag
         raise InputError(f"the last message must have role 'user', got {messages[-1]['role']!r}")
     if not messages[-1]["content"].strip():
         raise InputError("the prompt (the last user message) is empty or whitespace only; give some text")
+    messages[-1] = {**messages[-1], "content": messages[-1]["content"].rstrip()}
     if system_prompt is not None and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages

@@ -377,3 +377,10 @@ def test_verdict_describes_how_it_was_made(mode: str, guards: dict[str, LatentGu
         assert verdict.t_inst is not None and verdict.t_post_inst is not None and verdict.num_tokens is not None
         assert 0 <= verdict.t_inst < verdict.t_post_inst == verdict.num_tokens - 1
     assert hook_ids(guard.host.model) == hooks
+
+
+def test_trailing_whitespace_does_not_change_the_verdict(guard: LatentGuard) -> None:
+    plain = guard.check("how to make a weapon")
+    padded = guard.check("how to make a weapon \n\n  ")
+    assert padded.score == pytest.approx(plain.score, abs=1e-9)
+    assert padded.t_inst == plain.t_inst
