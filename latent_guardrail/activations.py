@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from .layers import check_layers, decoder_blocks, input_device
 from .positions import PromptEncoding, pad_batch
 
-__all__ = ["Capture", "capture", "run_capture", "extract_states", "VIEWS", "POINT_VIEWS", "SPAN_VIEWS"]
+__all__ = ["Capture", "capture", "run_capture", "extract_states", "VIEWS", "POINT_VIEWS", "SPAN_VIEWS",
+           "view_slots"]
 
 POINT_VIEWS = ("t_inst", "t_post_inst")
 """Views read at one token: the instruction's last token and the last prompt token."""
@@ -187,6 +188,17 @@ def run_capture(
     return result
 
 
+def view_slots(views: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
+    """How views map onto a capture: (point views, span views, index of each view among the capture's slots).
+
+    A capture holds the point views first, then the span views; ``t_inst`` is read when no point view is asked.
+    """
+    points = [name for name in views if name in POINT_VIEWS] or ["t_inst"]
+    pooled = [name for name in views if name in SPAN_VIEWS]
+    slots = [*points, *pooled]
+    return points, pooled, [slots.index(name) for name in views]
+
+
 def extract_states(
     model: nn.Module,
     encodings: Sequence[PromptEncoding],
@@ -214,10 +226,7 @@ def extract_states(
     for name in which:
         if name not in VIEWS:
             raise ValueError(f"unknown view {name!r}: use one of {', '.join(VIEWS)}")
-    points = [name for name in which if name in POINT_VIEWS] or ["t_inst"]
-    pooled = [name for name in which if name in SPAN_VIEWS]
-    slots = [*points, *pooled]
-    order_out = [slots.index(name) for name in which]
+    points, pooled, order_out = view_slots(which)
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     out: list[torch.Tensor | None] = [None] * len(encodings)

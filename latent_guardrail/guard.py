@@ -238,18 +238,21 @@ class LatentGuard:
             states = self.states(encodings, progress=progress)
             return self.verdicts_from_states(encodings, states)
         except (LatentGuardError, RuntimeError) as exc:
-            return self._fail(exc, len(encodings))
+            return [self.failure_verdict(exc)] * len(encodings)
 
-    def _fail(self, exc: Exception, count: int) -> list[Verdict]:
+    def failure_verdict(self, exc: Exception) -> Verdict:
+        """Apply the ``on_error`` policy to an internal failure: a blocking or allowing error verdict, or raise.
+
+        Every failure is logged with its reason code; the verdict is built fresh each time (never cached).
+        """
         reason = "non_finite_states" if isinstance(exc, NumericalError) else f"internal_error:{type(exc).__name__}"
         logger.error("latent guard failure (%s): %s", reason, exc)
         if self.settings.on_error == "raise":
             raise exc
         block = self.settings.on_error == "block"
-        verdict = Verdict.from_failure(reason, block=block, mode=self.mode,
-                                       threshold=self.threshold if math.isfinite(self.threshold) else 0.0,
-                                       fingerprint=self.fingerprint)
-        return [verdict] * count
+        return Verdict.from_failure(reason, block=block, mode=self.mode,
+                                    threshold=self.threshold if math.isfinite(self.threshold) else 0.0,
+                                    fingerprint=self.fingerprint)
 
     def __repr__(self) -> str:
         return (f"LatentGuard(host={self.host.name!r}, mode={self.mode!r}, layers={list(self.layers)}, "

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from .activations import POINT_VIEWS, SPAN_VIEWS, Capture, capture
+from .activations import Capture, capture, view_slots
 from .errors import InputError, LatentGuardError
 from .layers import decoder_blocks, input_device
 from .positions import Prompt, PromptEncoding
@@ -217,14 +217,6 @@ def _check_arguments(max_new_tokens: int, temperature: float, stop: Sequence[str
     return stops
 
 
-def _slots(views: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
-    """Point views, span views, and the order mapping capture slots back to ``views`` (as extract_states)."""
-    points = [name for name in views if name in POINT_VIEWS] or ["t_inst"]
-    pooled = [name for name in views if name in SPAN_VIEWS]
-    slots = [*points, *pooled]
-    return points, pooled, [slots.index(name) for name in views]
-
-
 @contextmanager
 def _decision_hook(model: nn.Module, layer_template: str | None, last_layer: int,
                    decide: Any) -> Iterator[None]:
@@ -255,7 +247,7 @@ def _prefill(guard: LatentGuard, encoding: PromptEncoding) -> tuple[Verdict, tor
     """
     model = guard.host.model
     device = input_device(model)
-    points, pooled, order = _slots(guard.views)
+    points, pooled, order = view_slots(guard.views)
     positions = torch.tensor([[getattr(encoding, name) for name in points]], dtype=torch.long)
     spans = torch.tensor([[[encoding.t_content_start, encoding.t_inst]] * len(pooled)], dtype=torch.long) \
         if pooled else None
@@ -295,7 +287,7 @@ def _prefill(guard: LatentGuard, encoding: PromptEncoding) -> tuple[Verdict, tor
 
 def _failure(guard: LatentGuard, exc: Exception) -> Verdict:
     """The failure policy's verdict (``on_error="raise"`` re-raises), as in :meth:`LatentGuard.check_batch`."""
-    return guard._fail(exc, 1)[0]
+    return guard.failure_verdict(exc)
 
 
 def _end_ids(guard: LatentGuard) -> set[int]:

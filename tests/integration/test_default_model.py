@@ -100,3 +100,12 @@ def test_cli_calibrate_and_check(shared_data, tmp_path):
                                                                          "harmful_behaviors.csv"),
                               "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "goal" in bad.output
+
+
+def test_any_gguf_file_loads_as_a_host(default_host):
+    from latent_guardrail.hosts import load_host
+
+    host = load_host(str(default_gguf_path()))       # a .gguf path, de-quantized by transformers
+    assert host.num_blocks == default_host.num_blocks
+    enc = encode_prompt(host.tokenizer, "Hello there")
+    assert enc.input_ids == encode_prompt(default_host.tokenizer, "Hello there").input_ids

@@ -408,3 +408,33 @@ def test_sharing_a_huggingface_pipeline(guard: LatentGuard, tiny_host: Host, tmp
     assert loaded.host.model is tiny_host.model and loaded.check(BLOCKED).harmful
     with pytest.raises(InputError):
         host_from_langchain(SimpleNamespace(llm=None))
+
+
+# ------------------------------------------------------------------------------------------- missing extra
+
+@pytest.mark.parametrize(("blocked", "module"), [
+    ("langchain_core", "latent_guardrail.integrations.langchain"),
+    ("langchain.agents.middleware", "latent_guardrail.integrations.langchain.middleware"),
+])
+def test_missing_extra_names_the_install_command(blocked: str, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    for name in [name for name in sys.modules if name.startswith("latent_guardrail.integrations.langchain")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, blocked, None)  # type: ignore[arg-type]
+    with pytest.raises(ImportError, match=r"pip install 'latent-guardrail\[langchain\]'"):
+        importlib.import_module(module)
+
+
+def test_the_core_imports_no_framework() -> None:
+    import ast
+    from pathlib import Path
+
+    import latent_guardrail
+
+    for path in Path(latent_guardrail.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(name.split(".")[0] in ("langchain", "langchain_core", "langgraph") for name in names), path
