@@ -49,6 +49,7 @@ test: model lint
 
 bench: model
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_guarded.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

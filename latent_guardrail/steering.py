@@ -1,0 +1,383 @@
+"""Directions in the residual stream and activation addition (steering).
+
+The paper's two directions, per residual layer:
+
+- harmfulness ``v_harmful = μ_harmful − μ_harmless`` at ``t_inst`` (the guard's centroids);
+- refusal ``v_refuse = μ_refuse − μ_accept`` at ``t_post_inst`` (fitted with the guard).
+
+Steering is activation addition at one layer, ``h' = h + c·v`` with the raw (unnormalised) vector::
+
+    direction = Direction.from_guard(guard, "refusal")
+    with steer(guard, direction, layer=9, coeff=1.0):        # every prompt token of the prefill pass
+        out = guard.host.model.generate(...)
+
+Layers are residual layers as in :mod:`latent_guardrail.layers`: ``layer < num_blocks`` adds to the *input* of
+decoder block ``layer`` (a forward pre-hook, where :mod:`latent_guardrail.activations` reads it) and
+``layer == num_blocks`` to the output of the last block (a forward hook). Negative layers count from the end.
+
+Which tokens are steered (``positions``):
+
+- ``"prompt"``: every non-padding token of the prefill pass (the pass that starts with an empty KV cache);
+  decoding steps see the steering only through the cache, unless ``decode=True``.
+- ``"all"``: the prefill pass and every decoding step.
+- ``"context"``: only prefill tokens at padded positions ``< until`` (``until``: an int or a ``(batch,)`` tensor,
+  padded coordinates as in :class:`~latent_guardrail.positions.PaddedBatch`); decoding steps only if ``decode``.
+
+Padding (``attention_mask == 0``) is never touched: the 2-D mask is read from the call to the steered model
+(``model(..., attention_mask=...)``, as ``generate`` passes it every step), or else from the ``attention_mask``
+argument; without either, every token counts as real. Untouched positions keep their exact values.
+
+Composition: steerings are independent hooks; two active on one model add up (``h + c1·v1 + c2·v2`` — at one
+layer in registration order, so equal to a single steering by ``c1·v1 + c2·v2`` up to float rounding).
+
+Hooks exist only while a steering is active: :func:`steer` removes them in ``finally``; :func:`add_steering` returns
+a :class:`SteeringHandle` whose ``remove()`` may be called any number of times. Like all hooked work, steering a
+model that other threads run at the same time is unsafe; serialise with ``Host.lock``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .errors import ArtifactError, FingerprintMismatchError, InputError, LayerError
+from .fingerprint import fingerprint_parts
+from .guard import LatentGuard
+from .hosts import Host
+from .layers import check_layers, decoder_blocks
+
+__all__ = ["Direction", "DirectionKind", "Positions", "SteeringHandle", "add_steering", "steer"]
+
+DirectionKind = Literal["harmfulness", "refusal"]
+Positions = Literal["prompt", "context", "all"]
+KINDS: tuple[str, ...] = ("harmfulness", "refusal")
+POSITIONS: tuple[str, ...] = ("prompt", "context", "all")
+_HOST_PARTS = ("model", "tokenizer", "chat_template", "weights")  # a host's identity without the system prompt
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A direction per residual layer, tied to the host it was fitted on.
+
+    ``vectors``: ``(len(layers), d)`` float32; row ``i`` belongs to residual layer ``layers[i]`` (a guard's
+    directions cover every layer ``0..num_blocks``). ``fingerprint``: the guard's fingerprint;
+    ``fingerprint_parts``: its components (checked against a :class:`Host` part by part).
+    """
+
+    kind: DirectionKind
+    vectors: torch.Tensor
+    fingerprint: str
+    source: str
+    layers: tuple[int, ...] = ()
+    fingerprint_parts: Mapping[str, str] = field(default_factory=dict)
+    layer_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.vectors, torch.Tensor) or self.vectors.dim() != 2:
+            raise InputError("Direction.vectors must be a (layers, d) tensor")
+        object.__setattr__(self, "vectors", self.vectors.detach().to("cpu", torch.float32))
+        if not self.layers:
+            object.__setattr__(self, "layers", tuple(range(self.vectors.shape[0])))
+        if len(self.layers) != self.vectors.shape[0]:
+            raise InputError(f"{len(self.layers)} layers for {self.vectors.shape[0]} vectors")
+
+    @classmethod
+    def from_guard(cls, guard: LatentGuard, kind: DirectionKind) -> Direction:
+        """The guard's fitted harmfulness or refusal direction.
+
+        Raises:
+            InputError: unknown ``kind``.
+            ArtifactError: the guard has no refusal direction (recalibrate it).
+        """
+        fitted = guard.fitted
+        if kind == "harmfulness":
+            vectors = fitted.centroids.harmfulness_direction
+            layers = tuple(fitted.centroids.layers)
+            source = "mean(harmful) - mean(harmless) at t_inst"
+        elif kind == "refusal":
+            if fitted.refusal_direction is None:
+                raise ArtifactError("this guard has no refusal direction; recalibrate it with "
+                                    "LatentGuard.calibrate(...) or `latent-guardrail calibrate` to fit one")
+            vectors = fitted.refusal_direction
+            layers = tuple(range(vectors.shape[0]))
+            source = f"refusal direction at t_post_inst ({fitted.refusal_source or 'unknown source'})"
+        else:
+            raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
+        return cls(kind=kind, vectors=vectors, fingerprint=fitted.fingerprint, source=source, layers=layers,
+                   fingerprint_parts=dict(fitted.fingerprint_parts), layer_template=fitted.layer_template)
+
+    def vector(self, layer: int) -> torch.Tensor:
+        """The ``(d,)`` vector of residual layer ``layer`` (a non-negative index)."""
+        if layer not in self.layers:
+            raise LayerError(f"the {self.kind} direction has no vector for layer {layer}: it covers layers "
+                             f"{min(self.layers)}..{max(self.layers)}")
+        return self.vectors[self.layers.index(layer)]
+
+
+class SteeringHandle:
+    """Active steering hooks on one model. ``remove()`` is idempotent; also usable as a context manager."""
+
+    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle], layer: int, coeff: float) -> None:
+        self._handles = handles
+        self.layer = layer
+        self.coeff = coeff
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`remove` is called."""
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Remove every hook of this steering (safe to call twice)."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    def __enter__(self) -> SteeringHandle:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"SteeringHandle(layer={self.layer}, coeff={self.coeff}, active={self.active})"
+
+
+@dataclass
+class _CallState:
+    """What the steered model's current forward call was given (2-D mask, cache length)."""
+
+    mask: torch.Tensor | None = None
+    past: int | None = None
+
+
+def _resolve_target(target: nn.Module | Host | LatentGuard, direction: torch.Tensor | Direction
+                    ) -> tuple[nn.Module, str | None]:
+    """The model to hook and the default layer template; checks a Direction's fingerprint."""
+    if isinstance(target, LatentGuard):
+        if isinstance(direction, Direction) and direction.fingerprint != target.fingerprint:
+            raise FingerprintMismatchError(
+                f"the {direction.kind} direction was fitted for another host or system prompt (fingerprint "
+                f"{direction.fingerprint}, this guard's is {target.fingerprint}); take it from this guard with "
+                "Direction.from_guard(guard, ...)")
+        return target.host.model, target.fitted.layer_template
+    if isinstance(target, Host):
+        if isinstance(direction, Direction) and direction.fingerprint_parts:
+            actual = fingerprint_parts(target.model, target.tokenizer, None)
+            differing = [key for key in _HOST_PARTS if direction.fingerprint_parts.get(key) != actual.get(key)]
+            if differing:
+                raise FingerprintMismatchError(
+                    f"the {direction.kind} direction was fitted for another host: {', '.join(differing)} differ. "
+                    "Use a direction from a guard calibrated on this model")
+        return target.model, None
+    if isinstance(target, nn.Module):
+        return target, None
+    raise InputError(f"steer needs a torch model, a Host or a LatentGuard, got {type(target).__name__}")
+
+
+def _check_coeff(coeff: object) -> float:
+    if isinstance(coeff, bool) or not isinstance(coeff, numbers.Real):
+        raise InputError(f"coeff must be a real number, got {coeff!r}")
+    value = float(coeff)
+    if not math.isfinite(value):
+        raise InputError(f"coeff must be finite, got {value}")
+    return value
+
+
+def _check_vector(vector: torch.Tensor, hidden_size: int | None) -> torch.Tensor:
+    if vector.dim() != 1:
+        raise InputError(f"a steering vector must have shape (d,), got {tuple(vector.shape)}")
+    if hidden_size is not None and vector.shape[0] != hidden_size:
+        raise InputError(f"the steering vector has size {vector.shape[0]}, the model's hidden size is {hidden_size}")
+    vector = vector.detach().to(torch.float32)
+    if not bool(torch.isfinite(vector).all()):
+        raise InputError("the steering vector has NaN or inf entries")
+    if float(vector.norm()) == 0.0:
+        raise InputError("the steering vector has zero norm: it would not steer anything")
+    return vector
+
+
+def _call_arguments(module: nn.Module) -> inspect.Signature | None:
+    try:
+        return inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return None
+
+
+def add_steering(
+    model: nn.Module | Host | LatentGuard,
+    direction: torch.Tensor | Direction,
+    *,
+    layer: int,
+    coeff: float,
+    positions: Positions = "prompt",
+    until: int | torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    decode: bool = False,
+    layer_template: str | None = None,
+) -> SteeringHandle:
+    """Start adding ``coeff · v`` to the residual stream at ``layer``; returns the handle that stops it.
+
+    Args:
+        model: a causal LM (``nn.Module``), a :class:`Host`, or a :class:`LatentGuard` (its host's model). With a
+            guard, a :class:`Direction` must carry the guard's fingerprint; with a host, the host's parts.
+        direction: a :class:`Direction` (its vector at ``layer`` is used), a ``(d,)`` vector, or a
+            ``(num_blocks + 1, d)`` tensor with one vector per residual layer.
+        layer: residual layer ``0..num_blocks`` (negative counts from the end).
+        coeff: finite coefficient ``c`` (``1``, sometimes ``2``, in the paper; negative reverses).
+        positions: ``"prompt"``, ``"context"`` or ``"all"`` (see the module docstring).
+        until: for ``"context"``: steer padded positions ``< until``; an int or a ``(batch,)`` LongTensor.
+        attention_mask: ``(batch, seq)`` 2-D mask used when the model is called without one.
+        decode: also steer decoding steps (implied by ``"all"``).
+        layer_template: where the decoder blocks are (guessed when None; a guard's or direction's otherwise).
+
+    Raises:
+        LayerError: ``layer`` is out of range (the message lists the valid range).
+        InputError: non-finite coefficient, zero-norm/NaN vector, wrong size, bad ``positions``/``until``.
+        FingerprintMismatchError: the direction was fitted for another host.
+    """
+    module, target_template = _resolve_target(model, direction)
+    coefficient = _check_coeff(coeff)
+    if positions not in POSITIONS:
+        raise InputError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if positions == "context" and until is None:
+        raise InputError("positions='context' needs until=... (an int or a (batch,) tensor, padded coordinates)")
+    if positions != "context" and until is not None:
+        raise InputError(f"until= is only used with positions='context', not {positions!r}")
+    if isinstance(until, bool) or (until is not None and not isinstance(until, int | torch.Tensor)):
+        raise InputError(f"until must be an int or a (batch,) tensor, got {type(until).__name__}")
+    if isinstance(until, torch.Tensor) and until.dim() != 1:
+        raise InputError(f"until must have shape (batch,), got {tuple(until.shape)}")
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise InputError(f"attention_mask must have shape (batch, seq), got {tuple(attention_mask.shape)}")
+    template = layer_template or target_template or (direction.layer_template if isinstance(direction, Direction)
+                                                     else None)
+    blocks = decoder_blocks(module, template)
+    (resolved,) = check_layers([layer], len(blocks))
+    config = getattr(module, "config", None)
+    hidden_size = getattr(config, "hidden_size", None)
+    if isinstance(direction, Direction):
+        raw = direction.vector(resolved)
+    elif isinstance(direction, torch.Tensor):
+        if direction.dim() == 2:
+            if direction.shape[0] != len(blocks) + 1:
+                raise InputError(f"a (layers, d) direction needs {len(blocks) + 1} rows (one per residual layer), "
+                                 f"got {direction.shape[0]}")
+            raw = direction[resolved]
+        else:
+            raw = direction
+    else:
+        raise InputError(f"direction must be a Direction or a tensor, got {type(direction).__name__}")
+    delta = coefficient * _check_vector(raw, hidden_size if isinstance(hidden_size, int) else None)  # (d,) float32
+    steer_prefill_all = positions in ("prompt", "all")
+    steer_decode = decode or positions == "all"
+    until_value = until
+    state = _CallState()
+    signature = _call_arguments(module)
+    cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def on_call(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        bound: dict[str, Any] = dict(kwargs)
+        if args and signature is not None:
+            try:
+                bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+            except TypeError:
+                pass
+        mask = bound.get("attention_mask")
+        state.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        cache = bound.get("cache", bound.get("past_key_values"))
+        get_length = getattr(cache, "get_seq_length", None)
+        state.past = int(get_length()) if callable(get_length) else 0
+
+    def on_return(_module: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any], _output: Any) -> None:
+        state.mask, state.past = None, None
+
+    def steered(hidden: torch.Tensor) -> torch.Tensor:
+        batch, seq = hidden.shape[0], hidden.shape[1]
+        mask = state.mask if state.mask is not None else attention_mask
+        if state.past is not None:
+            past = state.past
+        elif state.mask is not None:
+            past = max(state.mask.shape[1] - seq, 0)
+        else:
+            past = 0
+        if past > 0 and not steer_decode:
+            return hidden
+        where = torch.arange(past, past + seq, device=hidden.device)  # padded positions of these tokens
+        keep = torch.ones(batch, seq, dtype=torch.bool, device=hidden.device)
+        if mask is not None:
+            if mask.shape[0] != batch:
+                raise InputError(f"attention_mask has batch {mask.shape[0]}, the model runs batch {batch}")
+            mask = mask.to(hidden.device)
+            inside = where < mask.shape[1]
+            keep[:, inside] = mask[:, where[inside]] != 0  # positions beyond the mask are generated tokens
+        if past == 0 and not steer_prefill_all:  # "context": only positions before until
+            limit = until_value if isinstance(until_value, torch.Tensor) else torch.tensor([until_value])
+            if limit.shape[0] not in (1, batch):
+                raise InputError(f"until has batch {limit.shape[0]}, the model runs batch {batch}")
+            keep &= where.view(1, -1) < limit.to(hidden.device).view(-1, 1)
+        key = (hidden.dtype, hidden.device)
+        if key not in cast:
+            cast[key] = delta.to(device=hidden.device, dtype=hidden.dtype)
+        return torch.where(keep.unsqueeze(-1), hidden + cast[key], hidden)
+
+    def pre_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args and isinstance(args[0], torch.Tensor):
+            return (steered(args[0]), *args[1:]), kwargs
+        hidden = kwargs.get("hidden_states")
+        if not isinstance(hidden, torch.Tensor):
+            raise RuntimeError("cannot find the hidden states among the decoder block's inputs")
+        return args, {**kwargs, "hidden_states": steered(hidden)}
+
+    def post_hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return steered(output)
+        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            return (steered(output[0]), *output[1:])
+        raise RuntimeError(f"cannot find the hidden states in the last block's output ({type(output).__name__})")
+
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    steering = SteeringHandle(handles, resolved, coefficient)
+    try:
+        handles.append(module.register_forward_pre_hook(on_call, with_kwargs=True))
+        handles.append(module.register_forward_hook(on_return, with_kwargs=True, always_call=True))
+        if resolved < len(blocks):
+            handles.append(blocks[resolved].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        else:
+            handles.append(blocks[-1].register_forward_hook(post_hook))
+    except BaseException:
+        steering.remove()
+        raise
+    return steering
+
+
+@contextmanager
+def steer(
+    model: nn.Module | Host | LatentGuard,
+    direction: torch.Tensor | Direction,
+    *,
+    layer: int,
+    coeff: float,
+    positions: Positions = "prompt",
+    until: int | torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    decode: bool = False,
+    layer_template: str | None = None,
+) -> Iterator[SteeringHandle]:
+    """Steer ``model`` inside a ``with`` block: :func:`add_steering`'s arguments; hooks are removed on exit."""
+    handle = add_steering(model, direction, layer=layer, coeff=coeff, positions=positions, until=until,
+                          attention_mask=attention_mask, decode=decode, layer_template=layer_template)
+    try:
+        yield handle
+    finally:
+        handle.remove()
