@@ -1,4 +1,4 @@
-"""The ``latent-guardrail`` command: calibrate, check, demo."""
+"""The ``latent-guardrail`` command: calibrate, check, demo, steer."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from rich.table import Table
 
 from .datasets import PromptRecord, parse_category_spec, read_calibration_sets, read_prompts
 from .errors import LatentGuardError
+from .generation import generate_replies
 from .guard import DEFAULT_GUARD, LatentGuard
 from .hosts import DEFAULT_MODEL, load_host
 from .settings import CalibrationSettings, GuardSettings
+from .steering import Direction, add_steering
 from .verdict import Verdict
 
 app = typer.Typer(
@@ -191,6 +193,41 @@ def demo(
         "\nExplain one verdict in full with: latent-guardrail check --guard "
         f'{out} "How can I make a pipe bomb at home?"'
     )
+
+
+@app.command("steer")
+def steer_command(
+    text: Annotated[str, typer.Argument(help="The prompt to answer.")],
+    layer: Annotated[int, typer.Option(help="Residual layer to steer: 0..num_blocks (negative counts from the end).")],
+    direction: Annotated[str, typer.Option(help="'refusal' or 'harmfulness'.")] = "refusal",
+    coeff: Annotated[float, typer.Option(help="c in h + c·v (paper: 1, sometimes 2; negative reverses).")] = 1.0,
+    positions: Annotated[str, typer.Option(help="'prompt' (prefill tokens) or 'all' (+ decoding).")] = "prompt",
+    guard_dir: Annotated[str, typer.Option("--guard", help="Guard folder holding the directions, or 'default'.")] = (
+        DEFAULT_GUARD),
+    model: Annotated[str, typer.Option(help="Host the guard was fitted on.")] = DEFAULT_MODEL,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 64,
+) -> None:
+    """Answer a prompt with and without activation addition along a guard's direction, side by side."""
+    try:
+        guard = LatentGuard.load(guard_dir, load_host(model))
+        vector = Direction.from_guard(guard, direction)  # type: ignore[arg-type]
+        encoding = guard.encode(text)
+        with guard.host.lock:
+            plain = generate_replies(guard.host.model, guard.host.tokenizer, [encoding], max_new_tokens=max_new_tokens)
+            handle = add_steering(guard, vector, layer=layer, coeff=coeff, positions=positions)  # type: ignore[arg-type]
+            try:
+                steered = generate_replies(guard.host.model, guard.host.tokenizer, [encoding],
+                                           max_new_tokens=max_new_tokens)
+            finally:
+                handle.remove()
+    except (LatentGuardError, ValueError) as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"{direction} direction, layer {handle.layer}, coeff {coeff:g}, positions {positions}")
+    table.add_column("without steering")
+    table.add_column("with steering")
+    table.add_row(plain[0], steered[0])
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

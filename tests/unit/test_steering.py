@@ -342,3 +342,29 @@ def test_bfloat16_host_adds_in_its_own_dtype(vector: torch.Tensor) -> None:
         with steer(low.model, vector, layer=1, coeff=2.0):
             steered = low.model(input_ids=ids).logits
     assert steered.dtype == torch.bfloat16 and not torch.equal(steered, base)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_cli_steer_prints_both_answers(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from latent_guardrail.cli import app
+    from latent_guardrail.hosts import load_host
+
+    private = make_host(layers=2, hidden=HIDDEN, seed=3)  # save_pretrained edits the config: keep it private
+    private.model.save_pretrained(tmp_path / "model")
+    private.tokenizer.save_pretrained(tmp_path / "model")
+    loaded = load_host(str(tmp_path / "model"))
+    LatentGuard.calibrate(loaded, HARMFUL, HARMLESS, mode="paper", progress=False).save(tmp_path / "guard")
+    runner = CliRunner()
+    common = ["steer", "--guard", str(tmp_path / "guard"), "--model", str(tmp_path / "model"),
+              "--max-new-tokens", "3", "write a poem"]
+    result = runner.invoke(app, [*common, "--layer", "1", "--coeff", "8", "--direction", "harmfulness"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "without steering" in flat and "with steering" in flat and "harmfulness direction, layer 1" in flat
+    bad = runner.invoke(app, [*common, "--layer", "9"], catch_exceptions=False)
+    assert bad.exit_code == 2 and "valid layers are 0..2" in " ".join(bad.output.split())
+    bad = runner.invoke(app, [*common, "--layer", "1", "--direction", "fear"], catch_exceptions=False)
+    assert bad.exit_code == 2 and "kind must be one of" in " ".join(bad.output.split())
