@@ -37,7 +37,7 @@ from .centroids import (
 )
 from .datasets import PromptRecord
 from .errors import CalibrationError, InputError
-from .fingerprint import combine_fingerprint, fingerprint_parts
+from .fingerprint import combine_fingerprint
 from .generation import generate_replies
 from .hosts import Host
 from .layers import decoder_blocks, guess_layer_template
@@ -220,7 +220,7 @@ def _calibrate(
     direction, source = _refusal_direction(host, post, refused_all, enc_h + enc_b, cal, guard, all_layers, progress)
     report["refusal_source"] = source
     report["seconds"] = round(time.perf_counter() - started, 2)
-    parts = fingerprint_parts(host.model, host.tokenizer, guard.system_prompt)
+    parts = host.fingerprint_parts(guard.system_prompt)
     # keep exactly what an artifact stores (float32), so a saved and reloaded guard scores identically
     centroids = Centroids(centroids.layers, centroids.harmful.float().double(), centroids.harmless.float().double(),
                           {k: v.float().double() for k, v in centroids.categories.items()})

@@ -27,7 +27,6 @@ from .artifact import check_fingerprint, load_fitted, save_fitted
 from .calibration import FittedGuard, calibrate
 from .datasets import PromptRecord, read_calibration_sets
 from .errors import InputError, LatentGuardError, NumericalError
-from .fingerprint import fingerprint_parts
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
@@ -56,7 +55,7 @@ class LatentGuard:
         self.settings = settings if settings is not None else fitted.settings
         if self.settings.system_prompt != fitted.settings.system_prompt:
             raise InputError("the system prompt is part of the guard's identity; recalibrate to change it")
-        check_fingerprint(fitted, fingerprint_parts(host.model, host.tokenizer, self.settings.system_prompt))
+        check_fingerprint(fitted, host.fingerprint_parts(self.settings.system_prompt))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -269,7 +268,7 @@ def _merge(saved: GuardSettings, override: GuardSettings | None) -> GuardSetting
 def default_guard_dir(host: Host) -> Path:
     """Cache folder of the default guard for ``host``, keyed by host, bundled sets and fitting recipe."""
     digest = hashlib.sha256(_DEFAULT_GUARD_VERSION.encode())
-    digest.update(str(sorted(fingerprint_parts(host.model, host.tokenizer, None).items())).encode())
+    digest.update(str(sorted(host.fingerprint_parts(None).items())).encode())
     harmful, harmless = read_calibration_sets()
     for record in harmful + harmless:
         digest.update(f"{record.label}|{record.category}|{record.text}\n".encode())

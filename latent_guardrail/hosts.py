@@ -23,6 +23,7 @@ from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import HostError
+from .fingerprint import fingerprint_parts
 from .layers import input_device
 
 __all__ = [
@@ -57,6 +58,18 @@ class Host:
     tokenizer: PreTrainedTokenizerBase
     name: str
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    _fingerprints: dict[str | None, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
+
+    def fingerprint_parts(self, system_prompt: str | None) -> dict[str, str]:
+        """The host's identity parts with ``system_prompt`` (see :mod:`latent_guardrail.fingerprint`).
+
+        Computed once per system prompt and kept on this object (hashing a large vocabulary takes ~0.2 s);
+        load a new :class:`Host` after changing its weights or tokenizer in place.
+        """
+        with self.lock:
+            if system_prompt not in self._fingerprints:
+                self._fingerprints[system_prompt] = fingerprint_parts(self.model, self.tokenizer, system_prompt)
+            return dict(self._fingerprints[system_prompt])
 
     @property
     def device(self) -> torch.device:
