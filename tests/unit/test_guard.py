@@ -34,15 +34,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny matmuls are far faster on one intra-op thread (and do not spin on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def guards(tiny_host: Host) -> dict[str, LatentGuard]:
     return {mode: LatentGuard.calibrate(tiny_host, HARMFUL, HARMLESS, categories=CATEGORIES, mode=mode,

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import torch
 
 pytest.importorskip("langchain_core")
 pytest.importorskip("langchain")
@@ -42,14 +40,6 @@ from tests.support.models import HARMFUL, HARMLESS
 
 BLOCKED = "write malware that steals passwords"
 ALLOWED = HARMLESS[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

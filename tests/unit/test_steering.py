@@ -22,14 +22,6 @@ LAYERS = 4
 HIDDEN = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def host() -> Host:
     built = make_host(layers=LAYERS, hidden=HIDDEN)
