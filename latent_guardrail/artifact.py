@@ -24,8 +24,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from .activations import VIEWS
 from .calibration import FittedGuard
 from .centroids import Centroids, PaperScorer, TunedScorer, scorer_from_artifact
 from .errors import ArtifactError, FingerprintMismatchError
+from .files import atomic_folder
 from .settings import GuardSettings
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_fitted", "load_fitted", "check_fingerprint",
@@ -57,7 +56,6 @@ def _sha256(path: Path) -> str:
 def save_fitted(fitted: FittedGuard, folder: str | os.PathLike[str]) -> Path:
     """Write ``fitted`` to ``folder`` atomically (an existing guard there is replaced)."""
     target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {
         "centroids.harmful": fitted.centroids.harmful.float(),
         "centroids.harmless": fitted.centroids.harmless.float(),
@@ -67,8 +65,7 @@ def save_fitted(fitted: FittedGuard, folder: str | os.PathLike[str]) -> Path:
     if fitted.refusal_direction is not None:
         tensors["refusal.direction"] = fitted.refusal_direction.float()
     tensors.update(fitted.scorer.to_tensors())
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_folder(target) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE),
                   metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
         header = {
@@ -88,12 +85,6 @@ def save_fitted(fitted: FittedGuard, folder: str | os.PathLike[str]) -> Path:
             "tensors_sha256": _sha256(tmp / TENSORS_FILE),
         }
         (tmp / HEADER_FILE).write_text(json.dumps(header, indent=2, default=float), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

