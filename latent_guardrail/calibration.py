@@ -93,9 +93,10 @@ def _encode(host: Host, prompts: Sequence[Prompt], guard: GuardSettings) -> list
                         max_tokens=guard.max_tokens or host.max_positions)
 
 
-def _with_prefill(host: Host, encoding: PromptEncoding, prefill: str) -> PromptEncoding:
-    ids = encoding.input_ids + tuple(host.tokenizer.encode(prefill, add_special_tokens=False))
-    return encoding.model_copy(update={"input_ids": ids, "t_post_inst": len(ids) - 1})
+def _with_prefill(encoding: PromptEncoding, prefill_ids: tuple[int, ...]) -> PromptEncoding:
+    """The prompt followed by an assistant opening; t_post_inst moves to its last token (validated)."""
+    ids = encoding.input_ids + prefill_ids
+    return PromptEncoding.model_validate({**encoding.model_dump(), "input_ids": ids, "t_post_inst": len(ids) - 1})
 
 
 def _select_by_behaviour(host: Host, harmful: list[PromptEncoding], harmless: list[PromptEncoding],
@@ -240,8 +241,9 @@ def _refusal_direction(host: Host, post: torch.Tensor, refused: list[bool] | Non
         return (post[mask].mean(0) - post[~mask].mean(0)).float(), "behaviour"
     step = max(1, len(encodings) // cal.refusal_prompts)
     subset = encodings[::step][: cal.refusal_prompts]
-    prefilled = [_with_prefill(host, e, REFUSAL_PREFILL) for e in subset] + \
-                [_with_prefill(host, e, COMPLIANCE_PREFILL) for e in subset]
+    refuse_ids, comply_ids = (tuple(host.tokenizer.encode(text, add_special_tokens=False))
+                              for text in (REFUSAL_PREFILL, COMPLIANCE_PREFILL))
+    prefilled = [_with_prefill(e, refuse_ids) for e in subset] + [_with_prefill(e, comply_ids) for e in subset]
     states = extract_states(host.model, prefilled, layers, pad_token_id=host.tokenizer.pad_token_id,
                             which=("t_post_inst",), batch_size=cal.batch_size, layer_template=guard.layer_template,
                             progress="refusal direction" if progress else False)[:, 0].double()
