@@ -103,14 +103,40 @@ def _read_header(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not a latent-guardrail header (format={header.get('format')!r})"
                             if isinstance(header, dict) else f"{path} is not a JSON object")
     version = header.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise ArtifactError(f"{path} has format version {version!r}; this latent-guardrail reads versions "
                             f"1..{FORMAT_VERSION} — upgrade latent-guardrail to load it")
     for key in ("fingerprint_parts", "num_blocks", "hidden_size", "layer_template", "scorer", "settings",
                 "tensors_sha256"):
         if key not in header:
             raise ArtifactError(f"{path} lacks the key {key!r}")
+    _check_header_types(header, path)
     return header
+
+
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "fingerprint_parts": (dict,), "num_blocks": (int,), "hidden_size": (int,), "layer_template": (str,),
+    "scorer": (dict,), "settings": (dict,), "tensors_sha256": (str,), "categories": (list,), "report": (dict,),
+    "refusal_source": (str, type(None)),
+}
+_TENSOR_DTYPES = (torch.float32, torch.float64)  # float32 is written; float64 was written by early versions
+
+
+def _check_header_types(header: dict[str, Any], path: Path) -> None:
+    """Each header field has its schema type (so a forged header is an ArtifactError, not a crash later)."""
+    for key, types in _HEADER_TYPES.items():
+        value = header.get(key)
+        if key in header and (isinstance(value, bool) or not isinstance(value, types)):
+            raise ArtifactError(f"{path}: {key!r} must be of type {' or '.join(t.__name__ for t in types)}, "
+                                f"got {type(value).__name__}")
+    if header["num_blocks"] < 1 or header["hidden_size"] < 1:
+        raise ArtifactError(f"{path}: num_blocks and hidden_size must be positive, got {header['num_blocks']} "
+                            f"and {header['hidden_size']}")
+    parts, names = header["fingerprint_parts"], header.get("categories", [])
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in parts.items()):
+        raise ArtifactError(f"{path}: 'fingerprint_parts' must map names to hash strings")
+    if not all(isinstance(name, str) for name in names):
+        raise ArtifactError(f"{path}: 'categories' must be a list of names")
 
 
 def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
@@ -137,6 +163,8 @@ def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
         if name not in tensors:
             raise ArtifactError(f"{tensor_path} lacks the tensor {name!r}")
         value = tensors[name]
+        if value.dtype not in _TENSOR_DTYPES:
+            raise ArtifactError(f"tensor {name!r} has dtype {value.dtype}, expected float32")
         if shape is not None and tuple(value.shape) != shape:
             raise ArtifactError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {shape}")
         if value.is_floating_point() and not torch.isfinite(value).all():

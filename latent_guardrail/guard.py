@@ -26,8 +26,9 @@ from .activations import extract_states
 from .artifact import check_fingerprint, load_fitted, save_fitted
 from .calibration import FittedGuard, calibrate
 from .datasets import PromptRecord, read_calibration_sets
-from .errors import InputError, LatentGuardError, NumericalError
+from .errors import ArtifactError, InputError, LatentGuardError, LayerError, NumericalError
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
+from .layers import decoder_blocks
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
 from .verdict import Verdict
@@ -56,6 +57,14 @@ class LatentGuard:
         if self.settings.system_prompt != fitted.settings.system_prompt:
             raise InputError("the system prompt is part of the guard's identity; recalibrate to change it")
         check_fingerprint(fitted, host.fingerprint_parts(self.settings.system_prompt))
+        try:
+            blocks = len(decoder_blocks(host.model, fitted.layer_template))
+        except LayerError as exc:
+            raise ArtifactError(f"the guard's layer_template {fitted.layer_template!r} does not fit the host: {exc}") \
+                from exc
+        if blocks != fitted.num_blocks:
+            raise ArtifactError(f"the guard was fitted for {fitted.num_blocks} decoder blocks at "
+                                f"{fitted.layer_template!r}; the host has {blocks} there")
 
     # ------------------------------------------------------------------ construction
     @classmethod
