@@ -1,0 +1,440 @@
+"""``LatentHostModel``: a local transformers host as NeMo's main LLM (NeMo 0.24's ``LLMModel`` protocol).
+
+In a config (the provider is registered by the rail folder's ``init`` or by :func:`register_provider`)::
+
+    models:
+      - type: main
+        engine: latent_guardrail
+        model: default              # the host: "default", an HF id, a local folder or a .gguf file
+        parameters:
+          max_new_tokens: 128
+          guard: default            # the guard read in the prefill (an artifact folder for other hosts)
+
+or in code: ``LLMRails(config, llm=LatentHostModel(guard))``. Each answer is a guarded generation: the verdict
+comes from the answer's own prefill (``guarded: false`` generates plainly). With ``passthrough: true`` and the
+rail on the same host, the rail's prefill already produced the answer: :meth:`LatentHostModel.generate_async`
+returns it instead of running the prompt again (see :class:`PreparedAnswers`).
+
+Generation runs in a worker thread (``asyncio.to_thread``); the host lock serialises work on the model, and a
+cancelled call stops decoding at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from nemoguardrails.types import ChatMessage, LLMResponse, LLMResponseChunk, UsageInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from latent_guardrail.errors import InputError
+from latent_guardrail.guard import LatentGuard
+from latent_guardrail.guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedResult, Usage, guarded_stream
+from latent_guardrail.integrations.nemo.loading import NemoConfigError, resolve_guard_path, shared_guard
+from latent_guardrail.layers import input_device
+from latent_guardrail.positions import Message, Prompt
+from latent_guardrail.verdict import Verdict
+
+__all__ = ["PROVIDER_NAME", "CallOptions", "HostModelOptions", "LatentHostModel", "PreparedAnswers",
+           "prompt_from_nemo", "register_provider"]
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_NAME = "latent_guardrail"
+"""The ``engine`` name of the provider in a NeMo config."""
+
+METADATA_KEY = "latent_guard"
+_FINISH = {"stop": "stop", "length": "length", "blocked": "content_filter", "cancelled": "other"}
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+_IGNORED_CALL_OPTIONS = frozenset({"top_p", "top_k", "n", "presence_penalty", "frequency_penalty", "logprobs"})
+
+
+class HostModelOptions(BaseModel):
+    """``parameters`` of a ``latent_guardrail`` model in a NeMo config (``extra="forbid"``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    guard: str = Field(default="default", min_length=1,
+                       description="'default' or a guard artifact folder fitted for this host.")
+    max_new_tokens: int = Field(default=256, ge=1, le=1_000_000, description="Most tokens generated per answer.")
+    temperature: float = Field(default=0.0, ge=0.0, le=100.0, allow_inf_nan=False,
+                               description="0 = greedy; else sampling temperature.")
+    seed: int | None = Field(default=None, ge=0, description="Sampler seed (temperature > 0).")
+    guarded: bool = Field(default=True,
+                          description="Read the guard's verdict in each answer's prefill and refuse blocked prompts "
+                                      "(free: same pass); false = plain generation.")
+    threshold: float | None = Field(default=None, allow_inf_nan=False,
+                                    description="Override of the guard's fitted threshold (null = fitted).")
+    refusal: str = Field(default=DEFAULT_REFUSAL, description="The answer to a prompt the guard blocks.")
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One answer: the text, and the guard's verdict when the prefill was read (None for plain generation)."""
+
+    text: str
+    usage: Usage
+    finish_reason: str
+    blocked: bool
+    verdict: Verdict | None
+
+    @classmethod
+    def of(cls, result: GuardedResult) -> _Answer:
+        return cls(text=result.text, usage=result.usage, finish_reason=result.finish_reason, blocked=result.blocked,
+                   verdict=result.verdict)
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """The generation options of one call: the model's defaults with the call's overrides."""
+
+    max_new_tokens: int
+    temperature: float
+    seed: int | None
+    stop: tuple[str, ...]
+
+
+def prompt_from_nemo(prompt: str | Sequence[ChatMessage | Mapping[str, Any]]) -> Prompt:
+    """The guard's prompt for what NeMo hands a model: a ``str`` (one user message) or chat messages.
+
+    Tool messages are left out (tool output is not a user instruction); content parts are joined as text.
+
+    Raises:
+        InputError: an empty message list, an unknown role, or no user message at the end.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, Sequence) or not prompt:
+        raise InputError("the model needs a prompt: a str or a non-empty list of chat messages")
+    messages: list[Message] = []
+    for index, item in enumerate(prompt):
+        message = item if isinstance(item, ChatMessage) else ChatMessage.from_dict(dict(item))
+        role = message.role.value
+        if role == "tool":
+            continue
+        if role not in _ROLES:
+            raise InputError(f"message {index}: unsupported role {role!r}")
+        messages.append({"role": _ROLES[role], "content": _text(message.content)})
+    if not messages or messages[-1]["role"] != "user":
+        raise InputError("the conversation must end with a user message to be answered")
+    return messages
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = [part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"]
+    return "\n".join(str(part) for part in parts)
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A canonical string for a prompt (equal prompts, equal keys)."""
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+class PreparedAnswers:
+    """Answers that a passthrough rail produced in its prefill, waiting for the main-LLM call of their request.
+
+    Keyed by the prompt and the generation options; each answer is taken once. Equal prompts with equal options
+    get equal answers (greedy decoding), so concurrent identical requests may take each other's — never an answer
+    to another prompt. Entries a request never takes (it was cancelled, or a later rail blocked it) expire after
+    ``ttl`` seconds; at most ``capacity`` are kept. Failures are never stored. Thread-safe.
+    """
+
+    def __init__(self, ttl: float = 120.0, capacity: int = 256) -> None:
+        self.ttl = ttl
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, CallOptions], deque[tuple[float, GuardedResult]]] = {}
+        self._size = 0
+
+    def put(self, prompt: Prompt, options: CallOptions, result: GuardedResult) -> None:
+        """Keep ``result`` (an allowed, complete answer) for the main-LLM call of ``prompt``."""
+        if result.blocked or result.verdict.status != "ok" or result.finish_reason == "cancelled":
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            if self._size >= self.capacity:
+                oldest = min(self._entries, key=lambda key: self._entries[key][0][0])
+                self._pop(oldest)
+            self._entries.setdefault((prompt_key(prompt), options), deque()).append((now + self.ttl, result))
+            self._size += 1
+
+    def take(self, prompt: Prompt, options: CallOptions) -> GuardedResult | None:
+        """The prepared answer for ``prompt`` with ``options``, removed from the store; None if there is none."""
+        key = (prompt_key(prompt), options)
+        with self._lock:
+            self._expire(time.monotonic())
+            if key not in self._entries:
+                return None
+            return self._pop(key)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._size
+
+    def _pop(self, key: tuple[str, CallOptions]) -> GuardedResult:
+        queue = self._entries[key]
+        _, result = queue.popleft()
+        self._size -= 1
+        if not queue:
+            del self._entries[key]
+        return result
+
+    def _expire(self, now: float) -> None:
+        for key in [key for key, queue in self._entries.items() if queue[0][0] <= now]:
+            queue = self._entries[key]
+            while queue and queue[0][0] <= now:
+                queue.popleft()
+                self._size -= 1
+            if not queue:
+                del self._entries[key]
+
+
+class LatentHostModel:
+    """NeMo's main LLM on a latent guard's host (implements ``nemoguardrails.types.LLMModel``).
+
+    Args:
+        guard: the guard whose host answers (a :class:`LatentGuard`), or an artifact spec (``"default"`` or a
+            folder) loaded on the host ``model`` — shared with a rail that names the same guard and host.
+        model: the host when ``guard`` is a spec: ``"default"``, an HF id, a local folder or a ``.gguf`` file.
+        options: :class:`HostModelOptions` fields (``max_new_tokens``, ``temperature``, ``seed``, ``guarded``,
+            ``threshold``, ``refusal``).
+
+    Raises:
+        NemoConfigError: unknown or invalid options, or a guard that cannot be loaded.
+    """
+
+    def __init__(self, guard: LatentGuard | str | None = None, *, model: str | None = None, **options: Any) -> None:
+        if isinstance(guard, str):
+            options["guard"] = guard
+        try:
+            self.options = HostModelOptions.model_validate(options)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                                 for error in exc.errors())
+            raise NemoConfigError(f"{PROVIDER_NAME} model parameters are invalid: {problems} "
+                                  f"(valid: {', '.join(HostModelOptions.model_fields)})") from None
+        if isinstance(guard, LatentGuard):
+            base = guard
+        elif guard is None or isinstance(guard, str):
+            base = shared_guard(resolve_guard_path(self.options.guard), model)
+        else:
+            raise NemoConfigError(f"LatentHostModel needs a LatentGuard or a guard spec, got {type(guard).__name__}")
+        self.base_guard = base
+        self.guard = base if self.options.threshold is None else base.with_settings(threshold=self.options.threshold)
+        self.prepared = PreparedAnswers()
+
+    # ------------------------------------------------------------------ LLMModel protocol
+    @property
+    def model_name(self) -> str:
+        """The host's name."""
+        return self.guard.host.name
+
+    @property
+    def provider_name(self) -> str:
+        """``latent_guardrail``."""
+        return PROVIDER_NAME
+
+    @property
+    def provider_url(self) -> str | None:
+        """None: the model runs in this process."""
+        return None
+
+    async def generate_async(self, prompt: str | list[ChatMessage], *, stop: list[str] | None = None,
+                             **kwargs: Any) -> LLMResponse:
+        """Answer ``prompt`` (a prepared answer from the passthrough rail's prefill when there is one)."""
+        guard_prompt = prompt_from_nemo(prompt)
+        options = self.call_options(stop, kwargs)
+        prepared = self.prepared.take(guard_prompt, options)
+        if prepared is not None:
+            return self._response(_Answer.of(prepared), shared=True)
+        cancel = threading.Event()
+        try:
+            result = await asyncio.to_thread(self._generate, guard_prompt, options, cancel)
+        finally:
+            cancel.set()  # cancelled while the thread still decodes: stop it at the next token
+        return self._response(result, shared=False)
+
+    async def stream_async(self, prompt: str | list[ChatMessage], *, stop: list[str] | None = None,
+                           **kwargs: Any) -> AsyncIterator[LLMResponseChunk]:
+        """Stream the answer token by token; the last chunk carries the finish reason, usage and verdict."""
+        guard_prompt = prompt_from_nemo(prompt)
+        options = self.call_options(stop, kwargs)
+        prepared = self.prepared.take(guard_prompt, options)
+        if prepared is not None:
+            yield LLMResponseChunk(delta_content=prepared.text, model=self.model_name)
+            yield self._last_chunk(_Answer.of(prepared), shared=True)
+            return
+        if not self.options.guarded:
+            result = await asyncio.to_thread(self._plain, guard_prompt, options)
+            yield LLMResponseChunk(delta_content=result.text, model=self.model_name)
+            yield self._last_chunk(result, shared=False)
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[LLMResponseChunk | BaseException | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item: LLMResponseChunk | BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody listens any more
+                cancel.set()
+
+        def work() -> None:  # the whole generation in one thread: the host lock is taken and released here
+            try:
+                events = guarded_stream(self.guard, guard_prompt, on_block="refuse", refusal=self.options.refusal,
+                                        cancel=cancel, **self._generate_kwargs(options))
+                for event in events:
+                    if cancel.is_set():
+                        events.close()
+                        break
+                    if isinstance(event, GuardedChunk) and event.text:
+                        put(LLMResponseChunk(delta_content=event.text, model=self.model_name))
+                    elif isinstance(event, GuardedResult):
+                        put(self._last_chunk(_Answer.of(event), shared=False))
+            except BaseException as exc:  # handed to the consumer
+                put(exc)
+            finally:
+                put(None)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            await worker
+        finally:
+            cancel.set()
+
+    # ------------------------------------------------------------------ used by the passthrough rail
+    def call_options(self, stop: Sequence[str] | None, kwargs: Mapping[str, Any]) -> CallOptions:
+        """This model's options with a call's overrides (``max_tokens``/``max_new_tokens``, ``temperature``,
+        ``seed``, ``stop``); sampling knobs it does not implement are ignored with a debug log.
+
+        Raises:
+            InputError: an unknown option or a bad value.
+        """
+        unknown = sorted(set(kwargs) - {"max_tokens", "max_new_tokens", "temperature", "seed", "stop"}
+                         - _IGNORED_CALL_OPTIONS)
+        if unknown:
+            raise InputError(f"{PROVIDER_NAME} does not take {', '.join(unknown)}; per-call options are "
+                             "max_tokens (or max_new_tokens), temperature, seed and stop")
+        ignored = sorted(set(kwargs) & _IGNORED_CALL_OPTIONS)
+        if ignored:
+            logger.debug("%s ignores %s", PROVIDER_NAME, ", ".join(ignored))
+        max_new_tokens = kwargs.get("max_new_tokens", kwargs.get("max_tokens"))
+        temperature = kwargs.get("temperature")
+        seed = kwargs.get("seed")
+        if stop is None:
+            stop = kwargs.get("stop")
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        options = CallOptions(
+            max_new_tokens=self.options.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            temperature=self.options.temperature if temperature is None else temperature,
+            seed=self.options.seed if seed is None else seed,
+            stop=stops)
+        if isinstance(options.max_new_tokens, bool) or not isinstance(options.max_new_tokens, int) \
+                or options.max_new_tokens < 1:
+            raise InputError(f"max_tokens must be a positive int, got {options.max_new_tokens!r}")
+        if isinstance(options.temperature, bool) or not isinstance(options.temperature, int | float) \
+                or not math.isfinite(options.temperature) or options.temperature < 0:
+            raise InputError(f"temperature must be a finite number >= 0, got {options.temperature!r}")
+        return options
+
+    def shares_host_with(self, guard: LatentGuard) -> bool:
+        """Whether this model answers on ``guard``'s host (same model object): the rail can share its prefill."""
+        return self.guard.host is guard.host
+
+    # ------------------------------------------------------------------ generation
+    def _generate_kwargs(self, options: CallOptions) -> dict[str, Any]:
+        return {"max_new_tokens": options.max_new_tokens, "temperature": float(options.temperature),
+                "seed": options.seed, "stop": list(options.stop) or None}
+
+    def _generate(self, prompt: Prompt, options: CallOptions, cancel: threading.Event) -> _Answer:
+        if not self.options.guarded:
+            return self._plain(prompt, options)
+        final: GuardedResult | None = None
+        for event in guarded_stream(self.guard, prompt, on_block="refuse", refusal=self.options.refusal,
+                                    cancel=cancel, **self._generate_kwargs(options)):
+            if isinstance(event, GuardedResult):
+                final = event
+        if final is None:  # pragma: no cover - guarded_stream always ends with a result
+            raise RuntimeError("guarded generation ended without a result")
+        return _Answer.of(final)
+
+    def _plain(self, prompt: Prompt, options: CallOptions) -> _Answer:
+        """Unguarded generation with ``model.generate`` (``guarded: false``): no verdict."""
+        host = self.guard.host
+        encoding = self.guard.encode(prompt)
+        sample = options.temperature > 0
+        with host.lock, torch.inference_mode():
+            if sample and options.seed is not None:
+                torch.manual_seed(options.seed)
+            input_ids = torch.tensor([encoding.input_ids], dtype=torch.long, device=input_device(host.model))
+            pad_id = host.tokenizer.pad_token_id if host.tokenizer.pad_token_id is not None \
+                else host.tokenizer.eos_token_id
+            output = host.model.generate(  # type: ignore[operator]
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=options.max_new_tokens,
+                do_sample=sample, temperature=options.temperature if sample else None, top_p=None, top_k=None,
+                pad_token_id=pad_id)
+        tokens = tuple(int(token) for token in output[0, input_ids.shape[1]:])
+        text = str(host.tokenizer.decode(list(tokens), skip_special_tokens=True))
+        finish = "length" if len(tokens) >= options.max_new_tokens else "stop"
+        for stop in options.stop:
+            if stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        return _Answer(text=text, usage=Usage(len(encoding.input_ids), len(tokens)), finish_reason=finish,
+                       blocked=False, verdict=None)
+
+    # ------------------------------------------------------------------ NeMo types
+    def _metadata(self, result: _Answer, shared: bool) -> dict[str, Any]:
+        verdict = None if result.verdict is None else result.verdict.model_dump(mode="json")
+        return {METADATA_KEY: verdict, "blocked": result.blocked,
+                "shared_prefill": shared, "finish_reason": result.finish_reason}
+
+    def _usage(self, usage: Usage) -> UsageInfo:
+        return UsageInfo(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                         total_tokens=usage.total_tokens)
+
+    def _response(self, result: _Answer, *, shared: bool) -> LLMResponse:
+        return LLMResponse(content=result.text, model=self.model_name,
+                           finish_reason=_FINISH[result.finish_reason],
+                           usage=self._usage(result.usage), provider_metadata=self._metadata(result, shared))
+
+    def _last_chunk(self, result: _Answer, *, shared: bool) -> LLMResponseChunk:
+        return LLMResponseChunk(delta_content="", model=self.model_name,
+                                finish_reason=_FINISH[result.finish_reason],
+                                usage=self._usage(result.usage), provider_metadata=self._metadata(result, shared))
+
+    def __repr__(self) -> str:
+        return f"LatentHostModel(host={self.model_name!r}, guarded={self.options.guarded})"
+
+
+def register_provider() -> None:
+    """Register :class:`LatentHostModel` as NeMo's ``latent_guardrail`` engine (idempotent).
+
+    NeMo keeps providers per LLM framework; this registers with the ``default`` framework (the one NeMo 0.24
+    uses unless ``NEMOGUARDRAILS_LLM_FRAMEWORK`` says otherwise).
+    """
+    from nemoguardrails.llm.frameworks import get_framework
+
+    framework = get_framework("default")
+    if PROVIDER_NAME not in framework.get_provider_names():
+        framework.register_provider(PROVIDER_NAME, LatentHostModel)
