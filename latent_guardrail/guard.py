@@ -26,7 +26,7 @@ from .activations import extract_states
 from .artifact import check_fingerprint, load_fitted, save_fitted
 from .calibration import FittedGuard, calibrate
 from .datasets import PromptRecord, read_calibration_sets
-from .errors import ArtifactError, InputError, LatentGuardError, LayerError, NumericalError
+from .errors import ArtifactError, InputError, LayerError, NumericalError
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
 from .positions import Prompt, PromptEncoding, encode_prompt
@@ -203,6 +203,9 @@ class LatentGuard:
         threshold = self.threshold
         verdicts = []
         for row, encoding in enumerate(encodings):
+            if encoding.truncated and self.settings.on_overflow == "block":
+                verdicts.append(self.overflow_verdict(encoding))
+                continue
             score = float(out.score[row])
             cat_scores = {name: float(out.category_scores[row, c]) for c, name in enumerate(self.categories)}
             harmful = score >= threshold
@@ -245,22 +248,39 @@ class LatentGuard:
         try:
             states = self.states(encodings, progress=progress)
             return self.verdicts_from_states(encodings, states)
-        except (LatentGuardError, RuntimeError) as exc:
+        except Exception as exc:  # any failure of the model work: the on_error policy decides (fail closed)
             return [self.failure_verdict(exc)] * len(encodings)
 
     def failure_verdict(self, exc: Exception) -> Verdict:
         """Apply the ``on_error`` policy to an internal failure: a blocking or allowing error verdict, or raise.
 
-        Every failure is logged with its reason code; the verdict is built fresh each time (never cached).
+        Every failure is logged with its reason code (also as the log record's ``reason`` attribute:
+        ``non_finite_states`` or ``internal_error:<ExceptionType>``); the verdict is built fresh each time (never
+        cached).
         """
         reason = "non_finite_states" if isinstance(exc, NumericalError) else f"internal_error:{type(exc).__name__}"
-        logger.error("latent guard failure (%s): %s", reason, exc)
+        logger.error("latent guard failure (%s): %s", reason, exc, extra={"reason": reason})
         if self.settings.on_error == "raise":
             raise exc
         block = self.settings.on_error == "block"
         return Verdict.from_failure(reason, block=block, mode=self.mode,
                                     threshold=self.threshold if math.isfinite(self.threshold) else 0.0,
                                     fingerprint=self.fingerprint)
+
+    def overflow_verdict(self, encoding: PromptEncoding) -> Verdict:
+        """The blocking verdict for a prompt cut to fit ``max_chars``/``max_tokens`` when ``on_overflow="block"``.
+
+        ``status="error"``, ``error="input_too_long"``, ``truncated=True``; logged like every failure.
+        """
+        reason = "input_too_long"
+        logger.warning("latent guard blocked an over-long prompt (%s): %d tokens after the cut", reason,
+                       len(encoding.input_ids), extra={"reason": reason})
+        verdict = Verdict.from_failure(reason, block=True, mode=self.mode,
+                                       threshold=self.threshold if math.isfinite(self.threshold) else 0.0,
+                                       fingerprint=self.fingerprint)
+        return verdict.model_copy(update={"truncated": True, "sanitized": encoding.sanitized,
+                                          "num_tokens": len(encoding.input_ids), "t_inst": encoding.t_inst,
+                                          "t_post_inst": encoding.t_post_inst})
 
     def __repr__(self) -> str:
         return (f"LatentGuard(host={self.host.name!r}, mode={self.mode!r}, layers={list(self.layers)}, "

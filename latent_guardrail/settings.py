@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["GuardSettings", "CalibrationSettings", "SAFETY_SYSTEM_PROMPT", "OnError", "Mode", "Selection"]
+__all__ = ["GuardSettings", "CalibrationSettings", "SAFETY_SYSTEM_PROMPT", "OnError", "OnOverflow", "Mode", "Selection"]
 
 OnError = Literal["block", "allow", "raise"]
+OnOverflow = Literal["truncate", "block"]
 Mode = Literal["paper", "tuned"]
 Selection = Literal["label", "behaviour", "auto"]
 
@@ -33,6 +34,9 @@ class GuardSettings(BaseModel):
                            description="Longest user text in characters; longer text is cut from the left first.")
     batch_size: int = Field(default=16, ge=1, le=4096, description="Prompts per forward pass.")
     on_error: OnError = Field(default="block", description="On an internal failure: block, allow, or raise.")
+    on_overflow: OnOverflow = Field(
+        default="truncate", description="A prompt over max_chars/max_tokens: 'truncate' (cut from the left and judge "
+                                        "the rest, verdict.truncated) or 'block' (error verdict 'input_too_long').")
     layer_template: str | None = Field(default=None, description="Decoder block names, e.g. 'model.layers.{num}'.")
 
 
