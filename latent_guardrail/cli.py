@@ -17,6 +17,7 @@ from .errors import LatentGuardError
 from .generation import generate_replies
 from .guard import DEFAULT_GUARD, LatentGuard
 from .hosts import DEFAULT_MODEL, load_host
+from .integrations.nemo.chat import nemo_chat_command
 from .settings import CalibrationSettings, GuardSettings
 from .steering import Direction, add_steering
 from .verdict import Verdict
@@ -229,6 +230,8 @@ def steer_command(
     table.add_row(plain[0], steered[0])
     console.print(table)
 
+
+app.command("nemo-chat")(nemo_chat_command)  # body in integrations/nemo/chat.py; needs the `nemo` extra
 
 if __name__ == "__main__":  # pragma: no cover
     app()
