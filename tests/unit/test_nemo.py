@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from nemoguardrails.types import ChatMessage
 
 from latent_guardrail.errors import InputError
 from latent_guardrail.guard import LatentGuard
-from latent_guardrail.guarded import guarded_generate
+from latent_guardrail.guarded import guarded_generate, steered_refusal
 from latent_guardrail.hosts import Host
 from latent_guardrail.integrations.nemo import (
     LatentGuardRail,
@@ -272,6 +273,29 @@ def test_colang2_rail_blocks_answers_and_raises(guard: LatentGuard) -> None:
     message = _ask(raising, BLOCKED).response[-1]
     events = [event for event in message.get("events", []) if event["type"] == "InputRailException"]
     assert [event["message"] for event in events] == ["Input blocked by 'latent guard check input'."]
+
+
+# ------------------------------------------------------------------------------------------- steer on block
+
+def test_steer_on_block_answers_with_the_hosts_own_refusal(guard: LatentGuard) -> None:
+    steered = steered_refusal(guard, BLOCKED, max_new_tokens=4).text.strip()
+    assert steered and steered != REFUSAL
+    fake = FakeLLMModel(responses=[])
+    checked = make_app(guard, fake, passthrough=False, settings={"on_block": "steer", "steer_max_new_tokens": 4})
+    response = _ask(checked, BLOCKED, **LOG)
+    assert response.response[-1]["content"] == steered and fake.inference_count == 0
+    assert _rail_metadata(response)["refusal"] == steered
+    llm = CountingHostModel(guard, max_new_tokens=4)
+    shared = make_app(guard, llm, settings={"on_block": "steer"})
+    assert _ask(shared, BLOCKED).response[-1]["content"] == steered and llm.calls == 0
+    v2 = make_app(guard, CountingHostModel(guard, max_new_tokens=4), colang="2.x", settings={"on_block": "steer"})
+    assert _ask(v2, BLOCKED).response[-1]["content"] == steered
+
+
+def test_steer_without_a_refusal_direction_is_a_config_error(guard: LatentGuard) -> None:
+    unsteerable = LatentGuard(guard.host, dataclasses.replace(guard.fitted, refusal_direction=None))
+    with pytest.raises(NemoConfigError, match="cannot steer"):
+        LatentGuardRail(unsteerable, LatentGuardRailSettings(on_block="steer"))
 
 
 # ------------------------------------------------------------------------------------------- bad input
