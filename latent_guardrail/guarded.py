@@ -31,7 +31,7 @@ from torch import nn
 
 from .activations import Capture, capture, view_slots
 from .errors import InputError, LatentGuardError
-from .layers import decoder_blocks, input_device
+from .layers import check_layers, decoder_blocks, input_device
 from .positions import Prompt, PromptEncoding
 from .verdict import Verdict
 
@@ -49,14 +49,15 @@ __all__ = [
     "Usage",
     "guarded_generate",
     "guarded_stream",
+    "steered_refusal",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REFUSAL = "I'm sorry, I can't help with that."
-OnBlock = Literal["refuse", "raise"]
+OnBlock = Literal["refuse", "raise", "steer"]
 FinishReason = Literal["stop", "length", "blocked", "cancelled"]
-_ON_BLOCK = ("refuse", "raise")
+_ON_BLOCK = ("refuse", "raise", "steer")
 
 
 class LatentGuardBlocked(LatentGuardError):
@@ -135,8 +136,10 @@ def guarded_generate(
         max_new_tokens: most tokens to generate (fewer when the context is full).
         temperature: 0 for greedy decoding, else sampling from ``softmax(logits / temperature)``.
         stop: strings that end the answer (not included in the text).
-        on_block: ``"refuse"`` (return ``refusal`` with ``blocked=True``) or ``"raise"``
-            (:class:`LatentGuardBlocked`).
+        on_block: ``"refuse"`` (return ``refusal`` with ``blocked=True``), ``"raise"``
+            (:class:`LatentGuardBlocked`), or ``"steer"`` (the host answers in its own words with the refusal
+            direction added at ``guard.settings.steer_layer``; a second pass, only for blocked prompts; the text is
+            whatever the steered host says — ``blocked=True`` either way).
         seed: seed of the sampler (temperature > 0), for reproducible samples.
         cancel: set it from another thread to stop decoding at the next token (``finish_reason="cancelled"``).
 
@@ -173,6 +176,8 @@ def guarded_stream(
     one thread (closing it early releases the lock).
     """
     stops = _check_arguments(max_new_tokens, temperature, stop, on_block, refusal)
+    if on_block == "steer":
+        _steering_for(guard)  # no refusal direction or a bad steer_layer: fail before any model work
     encoding = guard.encode(prompt)  # InputError for bad prompts, before any model work
     host = guard.host
     with host.lock:
@@ -182,6 +187,10 @@ def guarded_stream(
         if verdict.harmful:
             if on_block == "raise":
                 raise LatentGuardBlocked(verdict)
+            if on_block == "steer":
+                yield from _steered(guard, verdict, encoding, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    stops=stops, seed=seed, cancel=cancel)
+                return
             yield GuardedChunk(text=refusal, token_ids=())
             yield GuardedResult(verdict=verdict, text=refusal, tokens=(), usage=Usage(prompt_tokens, 0),
                                 blocked=True, finish_reason="blocked")
@@ -193,7 +202,62 @@ def guarded_stream(
                            temperature=temperature, stops=stops, seed=seed, cancel=cancel)
 
 
+def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int = 64) -> GuardedResult:
+    """The host's own (greedy) answer to ``prompt`` steered along the guard's refusal direction, without a check.
+
+    What ``on_block="steer"`` answers with; adapters that have already judged a prompt call this. The result's
+    ``verdict`` is the guard's verdict for ``prompt`` (read in the same steered pass is not possible — steering
+    changes the states — so it is computed by :meth:`LatentGuard.check` first).
+
+    Raises:
+        ArtifactError: the guard has no refusal direction. LayerError: ``steer_layer`` out of range.
+    """
+    _check_arguments(max_new_tokens, 0.0, None, "steer", DEFAULT_REFUSAL)
+    _steering_for(guard)
+    encoding = guard.encode(prompt)
+    with guard.host.lock:
+        verdict = guard.check(prompt)
+        final: GuardedResult | None = None
+        for event in _steered(guard, verdict, encoding, max_new_tokens=max_new_tokens, temperature=0.0, stops=(),
+                              seed=None, cancel=None):
+            if isinstance(event, GuardedResult):
+                final = event
+    if final is None:  # pragma: no cover - _steered always ends with a result
+        raise RuntimeError("steered generation ended without a result")
+    return final
+
+
 # ------------------------------------------------------------------------------------------------ internals
+
+def _steering_for(guard: LatentGuard) -> tuple[Any, int, float]:
+    """The refusal direction, the resolved steer layer and the coefficient of ``guard.settings``."""
+    from .steering import Direction, default_steer_layer  # steering sits above guard; imported when used
+
+    direction = Direction.from_guard(guard, "refusal")
+    num_blocks = len(decoder_blocks(guard.host.model, guard.fitted.layer_template))
+    wanted = guard.settings.steer_layer
+    (layer,) = check_layers([default_steer_layer(num_blocks) if wanted is None else wanted], num_blocks)
+    return direction, layer, guard.settings.steer_coeff
+
+
+def _steered(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, *, max_new_tokens: int,
+             temperature: float, stops: Sequence[str], seed: int | None,
+             cancel: threading.Event | None) -> Iterator[GuardedEvent]:
+    """A full prefill and decoding with the refusal direction added at every position. Callers hold the lock."""
+    from .steering import steer
+
+    direction, layer, coeff = _steering_for(guard)
+    model = guard.host.model
+    device = input_device(model)
+    input_ids = torch.tensor([encoding.input_ids], dtype=torch.long, device=device)
+    with steer(guard, direction, layer=layer, coeff=coeff, positions="all"):
+        with torch.inference_mode():
+            output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True,
+                           logits_to_keep=1)
+        yield from _decode(guard, verdict, encoding, output.logits[:, -1, :], _cache_of(output),
+                           max_new_tokens=max_new_tokens, temperature=temperature, stops=stops, seed=seed,
+                           cancel=cancel, blocked=True)
+
 
 def _check_arguments(max_new_tokens: int, temperature: float, stop: Sequence[str] | None, on_block: str,
                      refusal: str) -> tuple[str, ...]:
@@ -331,8 +395,11 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 def _decode(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, logits: torch.Tensor, cache: Any, *,
             max_new_tokens: int, temperature: float, stops: Sequence[str], seed: int | None,
-            cancel: threading.Event | None) -> Iterator[GuardedEvent]:
-    """Decode from the prefill's ``logits`` ``(1, vocab)`` and KV ``cache``, one token per step."""
+            cancel: threading.Event | None, blocked: bool = False) -> Iterator[GuardedEvent]:
+    """Decode from the prefill's ``logits`` ``(1, vocab)`` and KV ``cache``, one token per step.
+
+    ``blocked``: a steered refusal — the result says ``blocked=True`` and ``finish_reason="blocked"``.
+    """
     model, tokenizer = guard.host.model, guard.host.tokenizer
     device = input_device(model)
     prompt_tokens = len(encoding.input_ids)
@@ -381,7 +448,7 @@ def _decode(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, logi
     if emitted < len(text):  # flush what was held back for a possible stop sequence
         yield GuardedChunk(text=text[emitted:], token_ids=())
     yield GuardedResult(verdict=verdict, text=text, tokens=tuple(tokens), usage=Usage(prompt_tokens, len(tokens)),
-                        blocked=False, finish_reason=reason)
+                        blocked=blocked, finish_reason="blocked" if blocked else reason)
 
 
 def _select(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:

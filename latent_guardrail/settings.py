@@ -38,6 +38,11 @@ class GuardSettings(BaseModel):
         default="truncate", description="A prompt over max_chars/max_tokens: 'truncate' (cut from the left and judge "
                                         "the rest, verdict.truncated) or 'block' (error verdict 'input_too_long').")
     layer_template: str | None = Field(default=None, description="Decoder block names, e.g. 'model.layers.{num}'.")
+    steer_layer: int | None = Field(
+        default=None, description="Residual layer steered by on_block='steer' (negative counts from the end; None = "
+                                  "40 % of the depth; pick it with `latent-guardrail steer --sweep`).")
+    steer_coeff: float = Field(default=1.0, ge=-100.0, le=100.0, allow_inf_nan=False,
+                               description="Coefficient c of the refusal direction for on_block='steer'.")
 
 
 class CalibrationSettings(BaseModel):

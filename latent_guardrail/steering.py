@@ -40,21 +40,28 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from tqdm.auto import tqdm
 
 from .errors import ArtifactError, FingerprintMismatchError, InputError, LayerError
 from .fingerprint import fingerprint_parts
+from .generation import generate_replies
 from .guard import LatentGuard
 from .hosts import Host
 from .layers import check_layers, decoder_blocks
+from .positions import Prompt
+from .refusal import Judge, PhraseJudge
 
-__all__ = ["Direction", "DirectionKind", "Positions", "SteeringHandle", "add_steering", "steer"]
+__all__ = ["Direction", "DirectionKind", "Positions", "SteeringHandle", "SweepResult", "add_steering",
+           "default_steer_layer", "steer", "sweep"]
 
 DirectionKind = Literal["harmfulness", "refusal"]
 Positions = Literal["prompt", "context", "all"]
@@ -381,3 +388,123 @@ def steer(
         yield handle
     finally:
         handle.remove()
+
+
+def default_steer_layer(num_blocks: int) -> int:
+    """The residual layer steer-on-block uses when none is set: 40 % of the depth.
+
+    Refusal steering works best in the early-middle layers (the paper's Figure 4 shape; on the default host the
+    sweep in the README peaks there too); set ``GuardSettings.steer_layer`` from ``latent-guardrail steer --sweep``
+    for another host.
+    """
+    if num_blocks < 1:
+        raise LayerError(f"a model needs at least one decoder block, got {num_blocks}")
+    return round(0.4 * num_blocks)
+
+
+class SweepResult(BaseModel):
+    """Refusal rate of a prompt set per steered layer (the paper's Figure 4 shape).
+
+    ``rates[layer]``: fraction of replies the judge calls refusals with ``coeff · v[layer]`` added;
+    ``baseline``: the same without steering. ``best_layer``: the layer with the highest rate (lowest on ties).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    direction: str
+    coeff: float
+    positions: str
+    prompts: int = Field(ge=1)
+    max_new_tokens: int = Field(ge=1)
+    baseline: float = Field(ge=0.0, le=1.0)
+    rates: dict[int, float]
+    best_layer: int
+    examples: dict[int, str] = Field(default_factory=dict, description="First prompt's reply per layer.")
+
+    def plot(self, path: str | Path) -> Path:
+        """Save a line plot of refusal rate against layer (with the unsteered baseline) as PNG; returns the path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        layers = sorted(self.rates)
+        fig, axis = plt.subplots(figsize=(6.4, 3.6))
+        try:
+            axis.plot(layers, [100 * self.rates[layer] for layer in layers], marker="o",
+                      label=f"steered (c={self.coeff:g})")
+            axis.axhline(100 * self.baseline, color="grey", linestyle="--", label="no steering")
+            axis.set_xlabel("steered residual layer")
+            axis.set_ylabel("refusal rate (%)")
+            axis.set_ylim(-2, 102)
+            axis.set_title(f"{self.direction} direction, {self.prompts} prompts, positions={self.positions}")
+            axis.legend(loc="best")
+            fig.tight_layout()
+            fig.savefig(out, dpi=110)
+        finally:
+            plt.close(fig)
+        return out
+
+
+def sweep(
+    guard: LatentGuard,
+    prompts: Sequence[Prompt],
+    *,
+    direction: DirectionKind = "refusal",
+    layers: Sequence[int] | None = None,
+    coeff: float = 1.0,
+    positions: Positions = "all",
+    max_new_tokens: int = 24,
+    judge: Judge | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> SweepResult:
+    """Greedy replies to ``prompts`` steered at each layer in turn; the judge's refusal rate per layer.
+
+    Args:
+        guard: a fitted guard (its host generates; its direction is used; its system prompt is rendered).
+        prompts: strings or message lists.
+        direction: ``"refusal"`` or ``"harmfulness"``.
+        layers: residual layers to try (default: every layer ``0..num_blocks``).
+        coeff: the coefficient ``c`` at every layer.
+        positions: ``"prompt"`` (prefill only) or ``"all"`` (prefill and decoding); ``"context"`` is not swept.
+        max_new_tokens: tokens per reply.
+        judge: ``reply -> bool`` refusal judge (default: :class:`~latent_guardrail.refusal.PhraseJudge`).
+
+    Raises:
+        InputError: no prompts, bad ``positions``/``coeff``. LayerError: a layer out of range.
+    """
+    if not prompts:
+        raise InputError("sweep needs at least one prompt")
+    if positions not in ("prompt", "all"):
+        raise InputError(f"sweep steers positions 'prompt' or 'all', got {positions!r}")
+    _check_coeff(coeff)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    vectors = Direction.from_guard(guard, direction)
+    model, tokenizer = guard.host.model, guard.host.tokenizer
+    num_blocks = len(decoder_blocks(model, guard.fitted.layer_template))
+    chosen = check_layers(list(range(num_blocks + 1)) if layers is None else list(layers), num_blocks)
+    refuses = judge if judge is not None else PhraseJudge()
+    encodings = [guard.encode(prompt) for prompt in prompts]
+
+    def rate(replies: list[str]) -> float:
+        return sum(bool(refuses(reply)) for reply in replies) / len(replies)
+
+    rates: dict[int, float] = {}
+    examples: dict[int, str] = {}
+    with guard.host.lock:
+        baseline = rate(generate_replies(model, tokenizer, encodings, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size))
+        for layer in tqdm(chosen, desc=f"sweeping the {direction} direction", disable=not progress, unit="layer"):
+            with steer(guard, vectors, layer=layer, coeff=coeff, positions=positions):
+                replies = generate_replies(model, tokenizer, encodings, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size)
+            rates[layer] = rate(replies)
+            examples[layer] = replies[0]
+    best = max(chosen, key=lambda layer: (rates[layer], -layer))
+    return SweepResult(direction=direction, coeff=float(coeff), positions=positions, prompts=len(encodings),
+                       max_new_tokens=max_new_tokens, baseline=baseline, rates=rates, best_layer=best,
+                       examples=examples)

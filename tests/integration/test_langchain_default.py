@@ -7,10 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-
-pytest.importorskip("langchain_core")
-pytest.importorskip("langchain")
-
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel

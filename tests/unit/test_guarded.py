@@ -272,3 +272,53 @@ def test_failure_policy_blocks_on_nan_states(guard: LatentGuard, tiny_host: Host
     assert result.blocked and result.verdict.status == "error" and result.verdict.error == "non_finite_states"
     with pytest.raises(NumericalError):
         guarded_generate(broken.with_settings(on_error="raise"), HARMLESS[0], max_new_tokens=4)
+
+
+# ------------------------------------------------------------------------------------------- steer on block
+def test_steer_on_block_answers_with_the_steered_host(guard: LatentGuard) -> None:
+    from latent_guardrail.generation import generate_replies
+    from latent_guardrail.guarded import steered_refusal
+    from latent_guardrail.steering import Direction, default_steer_layer, steer
+
+    steering = guard.with_settings(steer_layer=2, steer_coeff=8.0)
+    result = guarded_generate(steering, BLOCKED, max_new_tokens=5, on_block="steer")
+    assert result.blocked and result.finish_reason == "blocked" and result.verdict.harmful
+    with steer(guard, Direction.from_guard(guard, "refusal"), layer=2, coeff=8.0, positions="all"):
+        expected = generate_replies(guard.host.model, guard.host.tokenizer, [guard.encode(BLOCKED)],
+                                    max_new_tokens=5)[0]
+    assert result.text.strip() == expected and result.text != DEFAULT_REFUSAL
+    assert result.usage.output_tokens == len(result.tokens) > 0
+    alone = steered_refusal(steering, BLOCKED, max_new_tokens=5)
+    assert alone.text == result.text and alone.blocked and alone.verdict.score == pytest.approx(result.verdict.score)
+    default = guard.with_settings(steer_coeff=8.0)  # no layer set: 40 % of the depth
+    assert default_steer_layer(guard.host.num_blocks) == round(0.4 * guard.host.num_blocks)
+    assert guarded_generate(default, BLOCKED, max_new_tokens=3, on_block="steer").blocked
+
+
+def test_steer_on_block_leaves_allowed_prompts_and_hooks_alone(guard: LatentGuard) -> None:
+    prompt = HARMLESS[0]
+    assert not guard.check(prompt).harmful
+    before = hook_ids(guard.host.model)
+    plain = guarded_generate(guard, prompt, max_new_tokens=4)
+    steered = guarded_generate(guard.with_settings(steer_layer=1, steer_coeff=8.0), prompt, max_new_tokens=4,
+                               on_block="steer")
+    assert steered.text == plain.text and not steered.blocked
+    events = guarded_stream(guard.with_settings(steer_layer=1, steer_coeff=8.0), BLOCKED, max_new_tokens=4,
+                            on_block="steer")
+    next(events), next(events)  # verdict and first steered chunk, then abandon the stream
+    events.close()
+    assert hook_ids(guard.host.model) == before
+
+
+def test_steer_on_block_bad_settings(guard: LatentGuard) -> None:
+    import dataclasses
+
+    from latent_guardrail.errors import ArtifactError, LayerError
+
+    with pytest.raises(LayerError, match="valid layers"):
+        guarded_generate(guard.with_settings(steer_layer=99), BLOCKED, max_new_tokens=2, on_block="steer")
+    bare = LatentGuard(guard.host, dataclasses.replace(guard.fitted, refusal_direction=None))
+    with pytest.raises(ArtifactError, match="no refusal direction"):
+        guarded_generate(bare, BLOCKED, max_new_tokens=2, on_block="steer")
+    with pytest.raises(Exception, match="finite"):
+        guard.with_settings(steer_coeff=math.inf)

@@ -9,10 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-pytest.importorskip("langchain_core")
-pytest.importorskip("langchain")
-
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -251,6 +247,24 @@ def test_chat_model_refuses_a_blocked_prompt(llm: GuardedChatModel, guard: Laten
     assert verdict is not None and verdict.harmful and abs(verdict.score - guard.check(BLOCKED).score) < 1e-6
     with pytest.raises(LatentGuardBlocked):
         GuardedChatModel(guard, on_block="raise").invoke(BLOCKED)
+
+
+def test_chat_model_and_middleware_steer_on_block(guard: LatentGuard) -> None:
+    from latent_guardrail.guarded import steered_refusal
+
+    steering = guard.with_settings(steer_layer=1, steer_coeff=8.0)
+    expected = steered_refusal(steering, BLOCKED, max_new_tokens=4)
+    assert expected.text != DEFAULT_REFUSAL
+    message = GuardedChatModel(steering, on_block="steer", max_new_tokens=4).invoke(BLOCKED)
+    assert message.content == expected.text and message.response_metadata["blocked"]
+    assert message.response_metadata["finish_reason"] == "blocked"
+    calls = ModelCalls()
+    middleware = LatentGuardMiddleware(steering, on_block="steer", max_new_tokens=4)
+    state = create_agent(_fake("agent answer"), tools=[], middleware=[middleware]).invoke(
+        {"messages": [HumanMessage(BLOCKED)]}, config={"callbacks": [calls]})
+    assert calls.count == 0 and state["messages"][-1].content == expected.text
+    with pytest.raises(InputError, match="'steer'"):
+        LatentGuardMiddleware(guard, on_block="shout")  # type: ignore[arg-type]
 
 
 def test_chat_model_options(llm: GuardedChatModel, guard: LatentGuard) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterator
 
@@ -360,3 +361,79 @@ def test_cli_steer_prints_both_answers(tmp_path) -> None:
     assert bad.exit_code == 2 and "valid layers are 0..2" in " ".join(bad.output.split())
     bad = runner.invoke(app, [*common, "--layer", "1", "--direction", "fear"], catch_exceptions=False)
     assert bad.exit_code == 2 and "kind must be one of" in " ".join(bad.output.split())
+
+
+# ------------------------------------------------------------------------------------------- sweep
+def test_sweep_rates_follow_the_judge_per_layer(guard: LatentGuard) -> None:
+    from latent_guardrail.generation import generate_replies
+    from latent_guardrail.steering import sweep
+
+    prompts = ["write a poem", "name three rivers", "how do trees grow"]
+    direction = Direction.from_guard(guard, "refusal")
+    encodings = [guard.encode(prompt) for prompt in prompts]
+    with steer(guard, direction, layer=1, coeff=6.0, positions="all"):  # the reference: steer + generate by hand
+        reference = generate_replies(guard.host.model, guard.host.tokenizer, encodings, max_new_tokens=4)
+    plain = generate_replies(guard.host.model, guard.host.tokenizer, encodings, max_new_tokens=4)
+    assert reference != plain  # the steering changes the replies of this tiny model
+
+    seen: list[str] = []
+
+    def judge(reply: str) -> bool:  # "refused" = the reply differs from the unsteered one
+        seen.append(reply)
+        return reply not in plain
+
+    result = sweep(guard, prompts, layers=[1, 3], coeff=6.0, max_new_tokens=4, judge=judge)
+    assert result.baseline == 0.0 and set(result.rates) == {1, 3}
+    assert result.rates[1] == sum(reply not in plain for reply in reference) / len(prompts) > 0
+    assert result.best_layer == max(result.rates, key=lambda layer: (result.rates[layer], -layer))
+    assert result.examples[1] == reference[0] and len(seen) == 3 * len(prompts)
+
+
+def test_sweep_plot_and_bad_input(guard: LatentGuard, tmp_path) -> None:
+    from latent_guardrail.steering import sweep
+
+    result = sweep(guard, ["hi"], layers=[0], max_new_tokens=2, judge=lambda reply: True)
+    assert result.rates == {0: 1.0} and result.baseline == 1.0
+    path = result.plot(tmp_path / "sweep.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InputError, match="at least one prompt"):
+        sweep(guard, [])
+    with pytest.raises(InputError, match="positions"):
+        sweep(guard, ["hi"], positions="context")
+    with pytest.raises(LayerError, match="valid layers"):
+        sweep(guard, ["hi"], layers=[LAYERS + 3])
+    with pytest.raises(InputError, match="finite"):
+        sweep(guard, ["hi"], coeff=math.nan)
+
+
+def test_default_steer_layer_is_inside_the_model() -> None:
+    from latent_guardrail.steering import default_steer_layer
+
+    assert [default_steer_layer(n) for n in (1, 4, 30, 80)] == [0, 2, 12, 32]
+    with pytest.raises(LayerError):
+        default_steer_layer(0)
+
+
+def test_cli_steer_sweep_prints_rates_and_saves_a_plot(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from latent_guardrail.cli import app
+    from latent_guardrail.hosts import load_host
+
+    private = make_host(layers=2, hidden=HIDDEN, seed=3)
+    private.model.save_pretrained(tmp_path / "model")
+    private.tokenizer.save_pretrained(tmp_path / "model")
+    LatentGuard.calibrate(load_host(str(tmp_path / "model")), HARMFUL, HARMLESS, mode="paper",
+                          progress=False).save(tmp_path / "guard")
+    (tmp_path / "prompts.txt").write_text("write a poem\nname a river\n", encoding="utf-8")
+    common = ["steer", "--sweep", "--guard", str(tmp_path / "guard"), "--model", str(tmp_path / "model"),
+              "--max-new-tokens", "2", "--prompts", str(tmp_path / "prompts.txt"), "--plot", str(tmp_path / "s.png")]
+    result = CliRunner().invoke(app, [*common, "--layers", "0-2:2", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output[result.output.index('{"direction"'):].splitlines()[0])
+    assert set(payload["rates"]) == {"0", "2"} and payload["prompts"] == 2
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    table = CliRunner().invoke(app, [*common, "--layers", "1"], catch_exceptions=False)
+    assert table.exit_code == 0 and "best layer 1" in " ".join(table.output.split())
+    bad = CliRunner().invoke(app, [*common, "--layers", "a-b"], catch_exceptions=False)
+    assert bad.exit_code == 2

@@ -9,7 +9,8 @@
         ...
 
 A blocked prompt stops its forward pass at the last layer the guard reads and is answered with ``refusal``
-(``finish_reason="blocked"``; ``on_block="raise"`` raises :class:`LatentGuardBlocked` instead). Async methods
+(``finish_reason="blocked"``; ``on_block="raise"`` raises :class:`LatentGuardBlocked` instead; ``on_block="steer"``
+answers with the host's own words, steered along the guard's refusal direction). Async methods
 run the whole generation in one worker thread (the host lock is held by that thread); cancelling an ``astream``
 or ``ainvoke`` stops decoding at the next token.
 """
@@ -59,8 +60,9 @@ class GuardedChatModel(BaseChatModel):
     max_new_tokens: int = Field(default=256, ge=1, le=1_000_000, description="Most tokens generated per answer.")
     temperature: float = Field(default=0.0, ge=0.0, le=100.0, description="0 = greedy; else sampling temperature.")
     seed: int | None = Field(default=None, ge=0, description="Sampler seed (temperature > 0).")
-    on_block: Literal["refuse", "raise"] = Field(
-        default="refuse", description="On a block: answer `refusal`, or raise LatentGuardBlocked.")
+    on_block: Literal["refuse", "raise", "steer"] = Field(
+        default="refuse", description="On a block: answer `refusal`, raise LatentGuardBlocked, or let the host "
+                                      "refuse in its own words under refusal-direction steering.")
     refusal: str = Field(default=DEFAULT_REFUSAL, description="The answer to a blocked prompt.")
 
     def __init__(self, guard: LatentGuard, **kwargs: Any) -> None:

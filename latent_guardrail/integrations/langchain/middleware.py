@@ -26,7 +26,7 @@ from langgraph.runtime import Runtime
 
 from ...errors import InputError
 from ...guard import LatentGuard
-from ...guarded import DEFAULT_REFUSAL, LatentGuardBlocked
+from ...guarded import DEFAULT_REFUSAL, LatentGuardBlocked, steered_refusal
 from .messages import METADATA_KEY, guard_for, to_prompt, verdict_metadata
 
 __all__ = ["LatentGuardMiddleware"]
@@ -38,19 +38,24 @@ class LatentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     Args:
         guard: the fitted guard (for the agent's own weights, use :meth:`from_model`).
         refusal: the answer to a blocked request.
-        on_block: ``"refuse"`` (answer ``refusal`` and end) or ``"raise"`` (:class:`LatentGuardBlocked`).
+        on_block: ``"refuse"`` (answer ``refusal`` and end), ``"raise"`` (:class:`LatentGuardBlocked`), or
+            ``"steer"`` (the guard's host answers in its own words under refusal-direction steering, then end).
+        max_new_tokens: most tokens of a steered refusal.
     """
 
     def __init__(self, guard: LatentGuard, *, refusal: str = DEFAULT_REFUSAL,
-                 on_block: Literal["refuse", "raise"] = "refuse") -> None:
+                 on_block: Literal["refuse", "raise", "steer"] = "refuse", max_new_tokens: int = 64) -> None:
         if not isinstance(guard, LatentGuard):
             raise InputError(f"LatentGuardMiddleware needs a LatentGuard, got {type(guard).__name__}")
-        if on_block not in ("refuse", "raise"):
-            raise InputError(f"on_block must be 'refuse' or 'raise', got {on_block!r}")
+        if on_block not in ("refuse", "raise", "steer"):
+            raise InputError(f"on_block must be 'refuse', 'raise' or 'steer', got {on_block!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         super().__init__()
         self.guard = guard
         self.refusal = refusal
         self.on_block = on_block
+        self.max_new_tokens = max_new_tokens
 
     @classmethod
     def from_model(cls, model: Any, path: str | os.PathLike[str] = "default", **kwargs: Any) -> LatentGuardMiddleware:
@@ -59,12 +64,16 @@ class LatentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         return cls(guard_for(model, path), **kwargs)
 
     def _judge(self, state: AgentState[Any]) -> dict[str, Any] | None:
-        verdict = self.guard.check(to_prompt(state["messages"], trailing="drop"))
+        prompt = to_prompt(state["messages"], trailing="drop")
+        verdict = self.guard.check(prompt)
         if not verdict.harmful:
             return None
         if self.on_block == "raise":
             raise LatentGuardBlocked(verdict)
-        refusal = AIMessage(content=self.refusal,
+        text = self.refusal
+        if self.on_block == "steer":
+            text = steered_refusal(self.guard, prompt, max_new_tokens=self.max_new_tokens).text
+        refusal = AIMessage(content=text,
                             response_metadata={METADATA_KEY: verdict_metadata(verdict), "finish_reason": "blocked"})
         return {"messages": [refusal], "jump_to": "end"}
 
