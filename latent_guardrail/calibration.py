@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from .activations import extract_states
 from .centroids import (
     Centroids,
     PaperScorer,
@@ -36,9 +35,9 @@ from .centroids import (
     scorer_from_artifact,
 )
 from .datasets import PromptRecord
+from .distributed import LocalWorkers, Workers
 from .errors import CalibrationError, InputError
 from .fingerprint import combine_fingerprint
-from .generation import generate_replies
 from .hosts import Host
 from .layers import decoder_blocks, guess_layer_template
 from .positions import Prompt, PromptEncoding, encode_batch
@@ -100,10 +99,11 @@ def _with_prefill(encoding: PromptEncoding, prefill_ids: tuple[int, ...]) -> Pro
 
 
 def _select_by_behaviour(host: Host, harmful: list[PromptEncoding], harmless: list[PromptEncoding],
-                         cal: CalibrationSettings, judge: Judge, progress: bool
+                         cal: CalibrationSettings, judge: Judge, progress: bool, workers: Workers
                          ) -> tuple[list[bool], list[bool], dict[str, Any]]:
-    replies = generate_replies(host.model, host.tokenizer, harmful + harmless, max_new_tokens=cal.max_new_tokens,
-                               batch_size=cal.batch_size, progress="judging refusals" if progress else False)
+    replies = workers.generate_replies(host.model, host.tokenizer, harmful + harmless,
+                                       max_new_tokens=cal.max_new_tokens, batch_size=cal.batch_size,
+                                       progress="judging refusals" if progress else False)
     refused = [judge(reply) for reply in replies]
     refused_h, refused_b = refused[: len(harmful)], refused[len(harmful):]
     stats = {"refused_harmful": sum(refused_h), "accepted_harmful": len(harmful) - sum(refused_h),
@@ -121,6 +121,7 @@ def calibrate(
     guard_settings: GuardSettings | None = None,
     judge: Judge | None = None,
     progress: bool = True,
+    workers: Workers | None = None,
 ) -> FittedGuard:
     """Fit a guard for ``host`` from harmful and harmless prompts (and optional extra risk categories).
 
@@ -128,13 +129,17 @@ def calibrate(
         harmful, harmless: prompts (strings, message lists, or :class:`PromptRecord` s whose ``category``
             names their risk category).
         categories: extra harmful prompts per risk category name (added to ``harmful``).
+        workers: who runs the prompt loops: this process (None) or
+            :class:`~latent_guardrail.distributed.DataParallel` under ``accelerate launch`` (every process
+            passes the same inputs and gets the same guard).
 
     Raises:
         CalibrationError: too few examples per class.
     """
     with host.lock:
         return _calibrate(host, harmful, harmless, categories=categories, settings=settings,
-                          guard_settings=guard_settings, judge=judge, progress=progress)
+                          guard_settings=guard_settings, judge=judge, progress=progress,
+                          workers=workers if workers is not None else LocalWorkers())
 
 
 def _calibrate(
@@ -147,6 +152,7 @@ def _calibrate(
     guard_settings: GuardSettings | None,
     judge: Judge | None,
     progress: bool,
+    workers: Workers,
 ) -> FittedGuard:
     cal = settings if settings is not None else CalibrationSettings()
     guard = guard_settings if guard_settings is not None else GuardSettings()
@@ -174,7 +180,8 @@ def _calibrate(
     refused_all: list[bool] | None = None
     if cal.selection in ("behaviour", "auto"):
         refused_h, refused_b, stats = _select_by_behaviour(host, enc_h, enc_b, cal,
-                                                           judge if judge is not None else PhraseJudge(), progress)
+                                                           judge if judge is not None else PhraseJudge(), progress,
+                                                           workers)
         report["behaviour"] = stats
         refused_all = refused_h + refused_b
         enough = stats["refused_harmful"] >= cal.min_per_class and stats["accepted_harmless"] >= cal.min_per_class
@@ -194,10 +201,10 @@ def _calibrate(
         report["selection_used"] = "label"
 
     views = ("t_inst", "content_mean")
-    states = extract_states(host.model, enc_h + enc_b, all_layers,
-                            pad_token_id=host.tokenizer.pad_token_id, which=(*views, "t_post_inst"),
-                            batch_size=cal.batch_size, layer_template=guard.layer_template,
-                            progress="reading hidden states" if progress else False)
+    states = workers.extract_states(host.model, enc_h + enc_b, all_layers,
+                                    pad_token_id=host.tokenizer.pad_token_id, which=(*views, "t_post_inst"),
+                                    batch_size=cal.batch_size, layer_template=guard.layer_template,
+                                    progress="reading hidden states" if progress else False)
     read, post = states[:, :2].double(), states[:, 2].double()  # (n, views, layers, d), (n, layers, d)
     inst = read[:, 0]
     idx_h = [i for i, keep in enumerate(keep_h) if keep]
@@ -218,7 +225,8 @@ def _calibrate(
         report["tuned"] = tuned_report
     report["kept"] = {"harmful": len(idx_h), "harmless": len(idx_b)}
 
-    direction, source = _refusal_direction(host, post, refused_all, enc_h + enc_b, cal, guard, all_layers, progress)
+    direction, source = _refusal_direction(host, post, refused_all, enc_h + enc_b, cal, guard, all_layers, progress,
+                                           workers)
     report["refusal_source"] = source
     report["seconds"] = round(time.perf_counter() - started, 2)
     parts = host.fingerprint_parts(guard.system_prompt)
@@ -234,7 +242,7 @@ def _calibrate(
 
 def _refusal_direction(host: Host, post: torch.Tensor, refused: list[bool] | None,
                        encodings: list[PromptEncoding], cal: CalibrationSettings, guard: GuardSettings,
-                       layers: tuple[int, ...], progress: bool) -> tuple[torch.Tensor, str]:
+                       layers: tuple[int, ...], progress: bool, workers: Workers) -> tuple[torch.Tensor, str]:
     """v_refuse ``(layers, d)``: behavioural when the host refused enough prompts, else contrastive."""
     if refused is not None and cal.min_per_class <= sum(refused) <= len(refused) - cal.min_per_class:
         mask = torch.tensor(refused)
@@ -244,8 +252,9 @@ def _refusal_direction(host: Host, post: torch.Tensor, refused: list[bool] | Non
     refuse_ids, comply_ids = (tuple(host.tokenizer.encode(text, add_special_tokens=False))
                               for text in (REFUSAL_PREFILL, COMPLIANCE_PREFILL))
     prefilled = [_with_prefill(e, refuse_ids) for e in subset] + [_with_prefill(e, comply_ids) for e in subset]
-    states = extract_states(host.model, prefilled, layers, pad_token_id=host.tokenizer.pad_token_id,
-                            which=("t_post_inst",), batch_size=cal.batch_size, layer_template=guard.layer_template,
-                            progress="refusal direction" if progress else False)[:, 0].double()
+    states = workers.extract_states(host.model, prefilled, layers, pad_token_id=host.tokenizer.pad_token_id,
+                                    which=("t_post_inst",), batch_size=cal.batch_size,
+                                    layer_template=guard.layer_template,
+                                    progress="refusal direction" if progress else False)[:, 0].double()
     n = len(subset)
     return (states[:n].mean(0) - states[n:].mean(0)).float(), "contrastive"

@@ -6,13 +6,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from .batching import resolve_batch_size
+from .calibration import calibrate as calibrate_guard
 from .datasets import PromptRecord, parse_category_spec, read_calibration_sets, read_prompts
+from .distributed import DataParallel, DistributedError, launched_world_size
 from .errors import LatentGuardError
 from .generation import generate_replies
 from .guard import DEFAULT_GUARD, LatentGuard
@@ -69,6 +72,19 @@ def print_verdict(text: str, verdict: Verdict, *, detail: bool = True) -> None:
     )
 
 
+def _device_map(spec: str | None) -> str | dict[str, Any] | None:
+    """``--device-map``: a strategy or device name, or a JSON object of module names to devices."""
+    if spec is None or not spec.lstrip().startswith("{"):
+        return spec
+    try:
+        parsed = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--device-map is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError("--device-map JSON must be an object of module names to devices")
+    return parsed
+
+
 @app.command()
 def calibrate(
     harmful: Annotated[list[Path], typer.Option("--harmful", help="Harmful prompts (JSONL/CSV/TXT); repeatable.")],
@@ -85,13 +101,23 @@ def calibrate(
     text_column: Annotated[str | None, typer.Option(help="Column holding the prompt in CSV files.")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="System prompt rendered before each prompt.")] = None,
     limit: Annotated[int | None, typer.Option(help="Read at most this many prompts per file.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
+    batch_size: Annotated[str, typer.Option(help="Prompts per forward pass, or 'auto' (the largest that fits; "
+                                                 "bounded on CPU).")] = "16",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated to judge refusal (behaviour).")] = 128,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    device_map: Annotated[str | None, typer.Option(help="Spread the host: auto, balanced, sequential, or a JSON "
+                                                        "mapping of modules to devices.")] = None,
+    offload_folder: Annotated[Path | None, typer.Option(help="Where a device map offloads weights to disk.")] = None,
 ) -> None:
-    """Fit a guard for a host model from labelled prompt files and save it to --out."""
+    """Fit a guard for a host model from labelled prompt files and save it to --out.
+
+    Under `accelerate launch --multi_gpu --num_processes N` each process reads a shard of the prompts on its own
+    device and process 0 saves the same guard one process would fit.
+    """
+    workers: DataParallel | None = None
     try:
+        workers = DataParallel() if launched_world_size() > 1 else None
         harmful_rows: list[PromptRecord] = []
         for path in harmful:
             harmful_rows += read_prompts(path, text_column=text_column, limit=limit)
@@ -102,25 +128,33 @@ def calibrate(
         for spec in category or []:
             name, path = parse_category_spec(spec)
             categories[name] = read_prompts(path, text_column=text_column, limit=limit)
-        host = load_host(model, dtype=dtype, device=device)
+        if workers is not None and device_map is not None:
+            raise DistributedError("--device-map with several processes: data parallel needs one copy of the host "
+                                   "per process; run one process with --device-map, or N processes without it")
+        host = load_host(model, dtype=dtype, device=device if device is not None or workers is None
+                         else str(workers.device), device_map=_device_map(device_map), offload_folder=offload_folder)
+        prompts = [row.text for row in harmful_rows + harmless_rows + [r for rows in categories.values() for r in rows]]
+        size = resolve_batch_size(batch_size, host, prompts, system_prompt=system_prompt,
+                                  extra_tokens=0 if selection == "label" else max_new_tokens)
+        size = workers.agree_min(size) if workers is not None else size
         cal = CalibrationSettings.model_validate(
-            {"mode": mode, "selection": selection, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+            {"mode": mode, "selection": selection, "batch_size": size, "max_new_tokens": max_new_tokens}
         )
         started = time.perf_counter()
-        guard = LatentGuard.calibrate(
-            host,
-            harmful_rows,
-            harmless_rows,
-            categories=categories,
-            mode=cal.mode,
-            selection=cal.selection,
-            settings=cal,
-            guard_settings=GuardSettings(system_prompt=system_prompt, batch_size=batch_size),
-        )
+        fitted = calibrate_guard(host, harmful_rows, harmless_rows, categories=categories, settings=cal,
+                                 guard_settings=GuardSettings(system_prompt=system_prompt, batch_size=size),
+                                 workers=workers)
+        guard = LatentGuard(host, fitted)
+        if workers is not None and not workers.is_main:
+            workers.close()
+            return
         folder = guard.save(out)
     except (LatentGuardError, ValueError) as exc:
         _fail(exc)
         return
+    if workers is not None:
+        console.print(f"{workers.world_size} processes, batch size {size}")
+        workers.close()
     report = guard.fitted.report
     console.print(f"[bold]fitted[/] {guard!r} in {time.perf_counter() - started:.1f}s → {folder}")
     console.print(

@@ -24,6 +24,7 @@ from .errors import HostError
 from .files import atomic_folder
 from .fingerprint import fingerprint_parts
 from .layers import input_device
+from .placement import check_device, check_device_map
 
 __all__ = [
     "DEFAULT_GGUF_SHA256",
@@ -165,6 +166,9 @@ def load_host(
     device_map: str | dict[str, Any] | None = None,
     gguf_file: str | None = None,
     trust_remote_code: bool = False,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    quantization_config: Any = None,
 ) -> Host:
     """Load a host model and tokenizer.
 
@@ -174,13 +178,23 @@ def load_host(
         dtype: ``auto`` (float32 for the default model, the checkpoint's dtype otherwise), ``float32``,
             ``bfloat16`` or ``float16``. Scores are computed in float64 whatever this is.
         device: ``cpu``, ``cuda``, ``cuda:1`` … (ignored when ``device_map`` is given).
-        device_map: passed to transformers/accelerate, e.g. ``"auto"`` to spread layers over GPUs.
+        device_map: passed to transformers/accelerate, e.g. ``"auto"`` to spread layers over GPUs (and the
+            CPU/disk when they are full), or a mapping ``{"model.layers.0": 0, ..., "lm_head": "cpu"}``;
+            checked first (see :func:`latent_guardrail.placement.check_device_map`).
         gguf_file: name of a GGUF file inside the folder ``model``.
+        offload_folder: where accelerate writes weights a device map sends to ``"disk"``.
+        max_memory: per-device memory caps for ``device_map="auto"``, e.g. ``{0: "20GiB", "cpu": "64GiB"}``.
+        quantization_config: passed to transformers, e.g. ``BitsAndBytesConfig(load_in_4bit=True)``.
 
     Raises:
-        HostError: the model cannot be found or loaded; the message says what to install or pass.
+        HostError: the model cannot be found or loaded, or ``device``/``device_map`` names a device this
+            machine does not have; the message says what to install or pass.
     """
     torch_dtype = _resolve_dtype(dtype)
+    if device_map is not None:
+        device_map = check_device_map(device_map)
+    elif device is not None:
+        check_device(device)
     spec = str(model)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if spec == DEFAULT_MODEL:
@@ -198,11 +212,12 @@ def load_host(
             source = spec
         if gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
-    if device_map is not None:
-        kwargs["device_map"] = device_map
+    placement = {key: value for key, value in (("device_map", device_map), ("offload_folder", offload_folder),
+                                                ("max_memory", max_memory),
+                                                ("quantization_config", quantization_config)) if value is not None}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs, **placement)
     except (OSError, ValueError) as exc:
         raise HostError(f"cannot load host model {spec!r}: {exc}. Pass 'default', a local folder, a .gguf file, "
                         "or a Hugging Face id reachable from this machine") from exc

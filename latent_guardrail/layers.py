@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import LayerError
+from .placement import execution_device
 
 __all__ = ["check_layers", "decoder_blocks", "guess_layer_template", "input_device", "num_residual_layers"]
 
@@ -97,10 +98,11 @@ def check_layers(layers: Sequence[int], num_blocks: int) -> tuple[int, ...]:
 
 
 def input_device(model: nn.Module) -> torch.device:
-    """Device of the model's input embeddings (where input ids must be sent)."""
+    """Device where the model's input ids must be sent: where its input embeddings run.
+
+    For a host placed by accelerate this is the embeddings' execution device, also when they are offloaded
+    (their weights then lie on ``meta``); see :func:`latent_guardrail.placement.execution_device`.
+    """
     get = getattr(model, "get_input_embeddings", None)
     embeddings = get() if callable(get) else None
-    weight = getattr(embeddings, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return weight.device
-    return next(model.parameters()).device
+    return execution_device(embeddings if isinstance(embeddings, nn.Module) else model)
