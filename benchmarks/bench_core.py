@@ -38,19 +38,24 @@ def _timed(fn, repeat: int = 5) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--calibration", type=int, default=200, help="prompts calibrated (half harmful)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results: dict[str, float | str] = {}
     start = time.perf_counter()
     host = load_host("default")
     results["host_load_s"] = round(time.perf_counter() - start, 2)
     harmful, harmless = read_calibration_sets()
-    sample_h, sample_b = harmful[::3][:100], harmless[::4][:100]
+    half = args.calibration // 2
+    sample_h, sample_b = harmful[::3][:half], harmless[::4][:half]
 
     for mode in ("paper", "tuned"):
         start = time.perf_counter()
         guard = LatentGuard.calibrate(host, sample_h, sample_b, mode=mode, progress=False)
-        results[f"calibrate_200_{mode}_s"] = round(time.perf_counter() - start, 2)
+        results[f"calibrate_{2 * half}_{mode}_s"] = round(time.perf_counter() - start, 2)
     prompts = [r.text for r in harmful[1::7][:16]] + [r.text for r in harmless[1::9][:16]]
 
     results["check_batch1_ms_per_prompt"] = round(

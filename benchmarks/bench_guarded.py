@@ -1,6 +1,6 @@
 """Guarded generation vs plain generation, and the latent check vs a prompted self-check (a script, not a test).
 
-    .venv/bin/python benchmarks/bench_guarded.py [--tokens 24] [--rounds 7]
+    .venv/bin/python benchmarks/bench_guarded.py [--tokens 24] [--rounds 7] [--json out.json]
 
 Both comparisons run interleaved in one process on the default host; medians are reported.
 - guarded / plain: ``guarded_generate`` (verdict read inside the answer's own prefill) vs ``model.generate`` on
@@ -13,8 +13,10 @@ Both comparisons run interleaved in one process on the default host; medians are
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,7 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     host = load_host("default")
     guard = LatentGuard.load("default", host, progress=False)
     pad = host.tokenizer.pad_token_id
@@ -82,6 +88,13 @@ def main() -> None:
     versus = "inf" if marginal <= 0 else f"{med['self_check'] / marginal:.0f}x"
     print(f"  marginal latent check inside guarded generation = {1000 * marginal:+.0f} ms "
           f"-> self-check / marginal cost = {versus}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "tokens": args.tokens, "rounds": args.rounds, "plain_generation_s": round(med["plain"], 4),
+            "guarded_generation_s": round(med["guarded"], 4), "guarded_vs_plain_ratio": round(ratio, 4),
+            "latent_check_ms": round(1000 * med["check"], 1), "self_check_ms": round(1000 * med["self_check"], 1),
+            "self_check_vs_latent_check_ratio": round(med["self_check"] / med["check"], 2),
+            "marginal_check_in_guarded_generation_ms": round(1000 * marginal, 1)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ``latent-guardrail`` command: calibrate, check, demo, steer."""
+"""The ``latent-guardrail`` command: calibrate, check, demo, steer, eval."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .calibration import calibrate as calibrate_guard
 from .datasets import PromptRecord, parse_category_spec, read_calibration_sets, read_prompts
 from .distributed import DataParallel, DistributedError, launched_world_size
 from .errors import LatentGuardError
+from .evaluation.command import eval_command
 from .generation import generate_replies
 from .guard import DEFAULT_GUARD, LatentGuard
 from .hosts import DEFAULT_MODEL, load_host
@@ -266,6 +267,7 @@ def steer_command(
 
 
 app.command("nemo-chat")(nemo_chat_command)  # body in integrations/nemo/chat.py; needs the `nemo` extra
+app.command("eval")(eval_command)  # body in evaluation/command.py
 
 if __name__ == "__main__":  # pragma: no cover
     app()

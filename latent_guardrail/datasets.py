@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 __all__ = [
+    "Decode",
     "Label",
     "PromptRecord",
     "parse_category_spec",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 Label = Literal["harmful", "harmless"]
+Decode = Literal["strict", "fallback"]
 
 T = TypeVar("T")
 
@@ -96,6 +98,7 @@ def read_prompts(
     label: Label | None = None,
     category: str | None = None,
     limit: int | None = None,
+    decode: Decode = "strict",
 ) -> list[PromptRecord]:
     """Read the prompts of one file, chosen by its extension.
 
@@ -104,9 +107,13 @@ def read_prompts(
     ``label`` is given to every row that does not carry its own label; a row whose own label disagrees raises
     :class:`DatasetError`. ``category``, when given, replaces the rows' own category (kept in
     ``meta["file_category"]``). ``limit`` keeps the first ``limit`` prompts. Rows with empty text are
-    skipped with a warning that counts them.
+    skipped with a warning that counts them. ``decode="fallback"`` reads files of mixed encodings: lines that
+    are not valid UTF-8 are decoded as Windows-1252 (else Latin-1) with a warning that counts them;
+    ``"strict"`` (the default) raises :class:`DatasetError` on any non-UTF-8 byte.
     """
     file = Path(path)
+    if decode not in ("strict", "fallback"):
+        raise InputError(f"decode must be 'strict' or 'fallback', got {decode!r}.")
     if text_column is not None and not text_column.strip():
         raise InputError("text_column must be a non-empty column name, or None to auto-detect it.")
     _check_label_argument(label)
@@ -114,7 +121,7 @@ def read_prompts(
         raise InputError("category must be a non-empty name, or None to keep each row's own category.")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer or None, got {limit!r}.")
-    content = _read_text(file)
+    content = _read_text(file, decode)
     return _parse(
         content,
         name=file.name,
@@ -186,7 +193,7 @@ def _check_label_argument(label: object) -> None:
         raise InputError(f"label must be 'harmful', 'harmless' or None, got {label!r}.")
 
 
-def _read_text(file: Path) -> str:
+def _read_text(file: Path, decode: Decode = "strict") -> str:
     if not file.exists():
         raise DatasetError(f"Prompt file {file} does not exist; check the path (relative to {Path.cwd()}).")
     if not file.is_file():
@@ -199,7 +206,35 @@ def _read_text(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DatasetError(f"Prompt file {file} is not UTF-8 text ({error}); re-save it as UTF-8.") from error
+        if decode == "strict":
+            raise DatasetError(
+                f"Prompt file {file} is not UTF-8 text ({error}); re-save it as UTF-8, or read it with "
+                "decode='fallback' to decode the lines that are not UTF-8 as Windows-1252."
+            ) from error
+    return _decode_mixed(file)
+
+
+def _decode_mixed(file: Path) -> str:
+    """Decode ``file`` line by line: UTF-8 where valid, else Windows-1252, else Latin-1 (never fails)."""
+    lines: list[str] = []
+    fallback: list[int] = []
+    for number, raw in enumerate(file.read_bytes().split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+        except UnicodeDecodeError:
+            fallback.append(number)
+            try:
+                lines.append(raw.decode("cp1252"))
+            except UnicodeDecodeError:
+                lines.append(raw.decode("latin-1"))
+    shown = ", ".join(str(n) for n in fallback[:10]) + (", ..." if len(fallback) > 10 else "")
+    warnings.warn(
+        f"{file} mixes encodings: decoded {len(fallback)} line(s) that are not UTF-8 as Windows-1252 "
+        f"(lines {shown}); re-save the file as UTF-8 to silence this.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return "\n".join(lines)
 
 
 def _supported() -> str:

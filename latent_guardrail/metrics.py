@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["auroc", "balanced_accuracy", "rates", "threshold_at_fpr"]
+__all__ = ["auroc", "balanced_accuracy", "confusion", "rates", "roc_curve", "threshold_at_fpr", "tpr_at_fpr"]
 
 
 def _arrays(scores_pos: Sequence[float] | np.ndarray, scores_neg: Sequence[float] | np.ndarray
@@ -57,3 +57,38 @@ def threshold_at_fpr(scores_neg: Sequence[float] | np.ndarray, fpr: float) -> fl
         return float(np.nextafter(neg[-1], np.inf))
     # flag at most `allowed` negatives: threshold just above the (allowed+1)-th largest
     return float(np.nextafter(neg[neg.size - allowed - 1], np.inf))
+
+
+def tpr_at_fpr(scores_pos: Sequence[float] | np.ndarray, scores_neg: Sequence[float] | np.ndarray,
+               fpr: float) -> float | None:
+    """True-positive rate at the threshold of :func:`threshold_at_fpr` (at most ``fpr`` of negatives flagged).
+
+    ``None`` when a class is empty (undefined).
+    """
+    pos, neg = _arrays(scores_pos, scores_neg)
+    if pos.size == 0 or neg.size == 0:
+        return None
+    return float((pos >= threshold_at_fpr(neg, fpr)).mean())
+
+
+def roc_curve(scores_pos: Sequence[float] | np.ndarray, scores_neg: Sequence[float] | np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(fpr, tpr)`` arrays, each ``(k,)`` from (0, 0) to (1, 1), one point per distinct threshold.
+
+    ``None`` when a class is empty (undefined).
+    """
+    pos, neg = _arrays(scores_pos, scores_neg)
+    if pos.size == 0 or neg.size == 0:
+        return None
+    thresholds = np.unique(np.concatenate([pos, neg]))[::-1]
+    tpr = np.array([0.0] + [float((pos >= t).mean()) for t in thresholds])
+    fpr = np.array([0.0] + [float((neg >= t).mean()) for t in thresholds])
+    return fpr, tpr
+
+
+def confusion(flagged_pos: Sequence[bool] | np.ndarray, flagged_neg: Sequence[bool] | np.ndarray
+              ) -> dict[str, int]:
+    """Confusion counts ``{"tp", "fn", "fp", "tn"}`` from the flags of positives and negatives."""
+    pos = np.asarray(flagged_pos, dtype=bool).ravel()
+    neg = np.asarray(flagged_neg, dtype=bool).ravel()
+    return {"tp": int(pos.sum()), "fn": int((~pos).sum()), "fp": int(neg.sum()), "tn": int((~neg).sum())}
