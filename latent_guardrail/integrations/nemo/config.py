@@ -59,7 +59,8 @@ class LatentGuardRailSettings(BaseModel):
         description="refuse: the flow's refusal ('bot refuse to respond'); steer: the host writes its own refusal "
                     "with the refusal direction added (a second pass, for blocked prompts only).")
     steer_max_new_tokens: int = Field(
-        default=64, ge=1, le=4096, description="Most tokens of a steered refusal.")
+        default=64, ge=1, le=4096,
+        description="Most tokens of a steered refusal (check mode; a shared prefill uses the answer's budget).")
 
     @classmethod
     def from_custom_data(cls, custom_data: Mapping[str, Any] | None) -> LatentGuardRailSettings:
