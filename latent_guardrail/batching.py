@@ -72,8 +72,13 @@ def auto_batch_size(
 
     device = input_device(model)
     fits: list[int] = []
+    tried = [cap]
 
-    @find_executable_batch_size(starting_batch_size=cap)
+    def halve() -> int:
+        tried.append(tried[-1] // 2)
+        return tried[-1]
+
+    @find_executable_batch_size(starting_batch_size=cap, reduce_batch_size_fn=halve)
     def run_batch(batch_size: int) -> None:
         ids = torch.ones((batch_size, longest), dtype=torch.long)          # (batch, seq): the worst batch's shape
         mask = torch.ones_like(ids)

@@ -13,6 +13,8 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from .placement import stored_tensor
+
 __all__ = ["fingerprint_parts", "combine_fingerprint"]
 
 _CONFIG_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -36,7 +38,7 @@ def fingerprint_parts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, syst
     cfg = {key: getattr(config, key, None) for key in _CONFIG_KEYS} if config is not None else {}
     vocab = sorted(tokenizer.get_vocab().items())
     template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
-    embed = model.get_input_embeddings().weight  # type: ignore[operator]
+    embed = stored_tensor(model.get_input_embeddings(), "weight")  # type: ignore[operator]  # offloaded too
     probe = embed[: min(8, embed.shape[0])].detach().float().cpu()
     stats = [round(float(v), 2) for v in probe.norm(dim=-1)]
     return {

@@ -28,6 +28,7 @@ __all__ = [
     "check_device_map",
     "describe_placement",
     "execution_device",
+    "stored_tensor",
 ]
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -126,23 +127,48 @@ def _hook_device(module: nn.Module) -> torch.device | None:
 
 
 def execution_device(module: nn.Module) -> torch.device:
-    """Where ``module`` computes: accelerate's execution device if it is hooked, else its first weight's device.
+    """Where ``module`` computes: accelerate's execution device if it (or, for a container, the first submodule
+    holding weights) is hooked, else the device of its first weight.
 
     Raises:
-        HostError: the module's weights are on the ``meta`` device and no accelerate hook loads them.
+        HostError: the weights are on the ``meta`` device and no accelerate hook loads them.
     """
-    hooked = _hook_device(module)
-    if hooked is not None:
-        return hooked
-    tensor: torch.Tensor | None = next(module.parameters(), None)
-    if tensor is None:
-        tensor = next(module.buffers(), None)
-    if tensor is None:
-        return torch.device("cpu")
-    if tensor.device.type == "meta":
-        raise HostError(f"{type(module).__name__} has its weights on the meta device and no accelerate hook loads "
-                        "them; load the host with device_map=... (and offload_folder=...) instead of moving it to meta")
-    return tensor.device
+    for sub in module.modules():
+        hooked = _hook_device(sub)
+        if hooked is not None:
+            return hooked
+        direct = next(sub.parameters(recurse=False), None)
+        tensor = direct if direct is not None else next(sub.buffers(recurse=False), None)
+        if tensor is None:
+            continue
+        if tensor.device.type == "meta":
+            raise HostError(f"{type(sub).__name__} has its weights on the meta device and no accelerate hook loads "
+                            "them; load the host with device_map=... (and offload_folder=...) instead of moving it "
+                            "to meta")
+        return tensor.device
+    return torch.device("cpu")
+
+
+def stored_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The value of ``module``'s parameter ``name``, also when accelerate offloaded it (its weight is then on
+    ``meta`` and the value lies in the hook's weights map, in CPU memory or on disk).
+
+    Raises:
+        HostError: the parameter is on ``meta`` and no accelerate hook holds its value.
+    """
+    tensor = getattr(module, name)
+    if not isinstance(tensor, torch.Tensor):
+        raise HostError(f"{type(module).__name__} has no tensor named {name!r}")
+    if tensor.device.type != "meta":
+        return tensor
+    hook = getattr(module, "_hf_hook", None)
+    for item in list(getattr(hook, "hooks", ())) or ([hook] if hook is not None else []):
+        weights = getattr(item, "weights_map", None)
+        if weights is not None and name in weights:
+            value = weights[name]
+            if isinstance(value, torch.Tensor):
+                return value
+    raise HostError(f"{type(module).__name__}.{name} is on the meta device and no accelerate hook holds its value")
 
 
 def describe_placement(blocks: list[nn.Module]) -> list[BlockPlacement]:
