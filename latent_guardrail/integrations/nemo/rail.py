@@ -24,7 +24,7 @@ from nemoguardrails.context import generation_options_var, raw_llm_request
 
 from latent_guardrail.errors import InputError, LatentGuardError
 from latent_guardrail.guard import LatentGuard
-from latent_guardrail.guarded import GuardedResult, guarded_generate
+from latent_guardrail.guarded import GuardedResult, OnBlock, guarded_generate, steered_refusal
 from latent_guardrail.integrations.nemo.config import LatentGuardRailSettings
 from latent_guardrail.integrations.nemo.loading import NemoConfigError, resolve_guard_path, shared_guard
 from latent_guardrail.integrations.nemo.provider import (
@@ -34,6 +34,7 @@ from latent_guardrail.integrations.nemo.provider import (
     register_provider,
 )
 from latent_guardrail.positions import Prompt
+from latent_guardrail.steering import Direction
 from latent_guardrail.verdict import Verdict
 
 __all__ = ["ACTION_NAME", "FLOW_NAME", "RAIL_PARAM", "LatentGuardRail", "rail_path", "register", "rail_outcome"]
@@ -152,8 +153,6 @@ class LatentGuardRail:
         return rail_outcome(verdict, refusal=refusal)
 
     async def _steered(self, prompt: Prompt) -> str | None:
-        from latent_guardrail.guarded import steered_refusal  # type: ignore[attr-defined,unused-ignore]
-
         try:
             result = await asyncio.to_thread(steered_refusal, self.guard, prompt,
                                              max_new_tokens=self.settings.steer_max_new_tokens)
@@ -166,12 +165,12 @@ class LatentGuardRail:
         options = generation_options_var.get()
         llm_params = dict((options.llm_params if options is not None else None) or {})
         call = llm.call_options(None, llm_params)
-        on_block = "steer" if self.settings.on_block == "steer" else "refuse"
+        on_block: OnBlock = "steer" if self.settings.on_block == "steer" else "refuse"
         try:
             result: GuardedResult = await asyncio.to_thread(
                 guarded_generate, self.guard, prompt, max_new_tokens=call.max_new_tokens,
                 temperature=float(call.temperature), seed=call.seed, stop=list(call.stop) or None,
-                on_block=on_block)  # type: ignore[arg-type,unused-ignore]
+                on_block=on_block)
         except LatentGuardError as exc:  # e.g. the prefill failed and the policy allowed: judge on its own
             logger.warning("shared prefill failed (%s); checking separately", exc)
             return await self._check(prompt)
@@ -189,14 +188,7 @@ def _empty_outcome(guard: LatentGuard) -> RailOutcome:
 
 def _check_steering(guard: LatentGuard) -> None:
     """Fail at configuration time when ``on_block: steer`` cannot work with this guard."""
-    from latent_guardrail import guarded
-
-    if not hasattr(guarded, "steered_refusal"):
-        raise NemoConfigError("custom_data.latent_guard.on_block: steer needs a latent-guardrail with steered "
-                              "refusals (guarded_generate(on_block='steer')); use on_block: refuse")
     try:
-        from latent_guardrail.steering import Direction
-
         Direction.from_guard(guard, "refusal")
     except (LatentGuardError, ValueError, KeyError) as exc:
         raise NemoConfigError(f"custom_data.latent_guard.on_block: steer: this guard cannot steer ({exc}); "
