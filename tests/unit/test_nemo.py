@@ -238,6 +238,21 @@ def test_passthrough_rail_and_answer_share_one_prefill(guard: LatentGuard) -> No
     assert _rail_metadata(blocked)["shared_prefill"] is False
 
 
+def test_streaming_app_streams_the_shared_answer(guard: LatentGuard) -> None:
+    llm = CountingHostModel(guard, max_new_tokens=4)
+    app = make_app(guard, llm)
+    app.config.streaming = True
+    expected = guarded_generate(guard, [{"role": "user", "content": ALLOWED}], max_new_tokens=4).text
+
+    async def stream(text: str) -> str:
+        return "".join([chunk async for chunk in app.stream_async(messages=[{"role": "user", "content": text}])])
+
+    with count_passes(guard.host.model) as lengths:
+        assert asyncio.run(stream(ALLOWED)) == expected
+    assert len([length for length in lengths if length > 1]) == 1 and len(llm.prepared) == 0
+    assert asyncio.run(stream(BLOCKED)) == REFUSAL
+
+
 def test_concurrent_requests_get_the_same_answers_as_sequential_ones(guard: LatentGuard) -> None:
     llm = CountingHostModel(guard, max_new_tokens=3)
     app = make_app(guard, llm)
