@@ -48,8 +48,7 @@ test: model lint
 	$(PY) -m pytest -q tests
 
 bench: model
-	$(PY) benchmarks/bench_core.py
-	$(PY) benchmarks/bench_guarded.py
+	$(PY) benchmarks/bench_all.py --json docs/results/bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

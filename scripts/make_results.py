@@ -32,6 +32,7 @@ ADVBENCH_SKIP, ADVBENCH_SAMPLE = 100, 40    # rows 0–99 are what a paper-style
 ALPACA_SKIP, ALPACA_SAMPLE = 100, 40
 XSTEST_SAMPLE = 60                          # per label (safe / unsafe)
 MAX_NEW_TOKENS = 16
+FULL_ALPACA = 400                           # the guards alone (states only) run on larger sets
 
 # The paper's published table (Zhao et al., NeurIPS 2025, arXiv 2507.11878): accuracy %, Latent Guard / Llama
 # Guard 3 8B, on 7–8B hosts. Quoted as the reference; these numbers are not measured here.
@@ -84,6 +85,33 @@ def run_evaluation(out: Path, threads: int | None) -> None:
         print("wrote", path.relative_to(ROOT))
 
 
+def run_guards_full(out: Path, threads: int | None) -> None:
+    """The guards alone (no baselines: states only) on the full AdvBench-rest, 400 Alpaca-rest rows and all XSTest."""
+    import torch
+
+    from latent_guardrail import LatentGuard
+    from latent_guardrail.datasets import read_prompts
+    from latent_guardrail.evaluation import EvalSettings, evaluate, sets_from_records
+    from latent_guardrail.evaluation.runner import paper_variant
+    from latent_guardrail.hosts import load_host
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    advbench = read_prompts(DATA / "advbench" / "harmful_behaviors.csv", text_column="goal")[ADVBENCH_SKIP:]
+    alpaca_all = read_prompts(DATA / "alpaca" / "alpaca_noinput_sample2000.jsonl")
+    alpaca = [alpaca_all[i] for i in _sample(len(alpaca_all), ALPACA_SKIP, FULL_ALPACA)]
+    xstest = read_prompts(DATA / "xstest" / "xstest_prompts.csv")
+    sets = (sets_from_records("advbench-rest", "harmful", advbench, source="advbench/harmful_behaviors.csv")
+            + sets_from_records("alpaca-rest", "harmless", alpaca, source="alpaca/alpaca_noinput_sample2000.jsonl")
+            + sets_from_records("xstest", "labels", xstest, source="xstest/xstest_prompts.csv"))
+    host = load_host("default")
+    tuned = LatentGuard.load("default", host)
+    result = evaluate({"paper": paper_variant(tuned), "tuned": tuned}, sets, settings=EvalSettings(baselines=()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(result.report.model_dump_json(indent=2), encoding="utf-8")
+    print("wrote", (out / "results.json").relative_to(ROOT))
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -134,6 +162,15 @@ def results_section(out: Path) -> str:
               "![PCA of t_inst and t_post-inst states](docs/results/pca.png)", "![ROC curves](docs/results/roc.png)",
               "", "Full report: [docs/results/report.md](docs/results/report.md). Regenerate with "
               "`.venv/bin/python scripts/make_results.py` (cached by content hash) after `make bench`.", ""]
+    full_file = out / "full" / "results.json"
+    if full_file.is_file():
+        full = EvalReport.model_validate_json(full_file.read_text(encoding="utf-8"))
+        header, rows = summary_rows(full)
+        lines += ["The guards alone on larger sets (no baselines, so affordable here: "
+                  + ", ".join(f"{s.name} {s.n}" for s in full.sets) + "; AdvBench rows 100–519, a fixed sample of "
+                  "Alpaca rows 100–1999, all of XSTest):", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                  *["| " + " | ".join(row) + " |" for row in rows], ""]
     bench_file = out / "bench.json"
     if bench_file.is_file():
         lines += bench_section(json.loads(bench_file.read_text(encoding="utf-8")))
@@ -172,9 +209,13 @@ def main() -> None:
     parser.add_argument("--readme-only", action="store_true", help="only rewrite the README from docs/results")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--full-guards", action="store_true",
+                        help="also evaluate the guards alone on the larger sets (docs/results/full/)")
     args = parser.parse_args()
     if not args.readme_only:
         run_evaluation(args.out, args.threads)
+        if args.full_guards:
+            run_guards_full(args.out / "full", args.threads)
     write_readme(results_section(args.out))
 
 
