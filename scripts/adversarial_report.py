@@ -91,6 +91,8 @@ def main() -> None:
             "mean_delta_score": sum(deltas) / len(deltas), "errors": errors,
             "truncated": sum(v.truncated for v in wrapped_h + wrapped_b),
         })
+        print(f"  {family}: {lost} of {len(harmful)} harmful prompts flipped to allowed "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
 
     header = (f"{'family':<20} {'detected':>12} {'flips h->ok':>12} {'flips ok->h':>12} {'FP before/after':>16} "
               f"{'mean dscore':>12} {'errors':>7}")
