@@ -134,6 +134,7 @@ def test_distributed_evaluation_gives_the_single_process_verdicts(launched: dict
 def test_a_process_dying_mid_run_fails_clearly_and_saves_nothing(launched: dict[str, object]) -> None:
     message = launched["error"]
     assert isinstance(message, str), launched["output"]
+    print(f"process 0 after process 1 died: {message}")
     assert "process 0 of 2" in message and "Another process probably died" in message
     assert "Nothing was saved" in message
     assert launched["died_artifact_exists"] is False and launched["died_leftovers"] == []
