@@ -129,10 +129,10 @@ def phase_agreement(device: torch.device, args: argparse.Namespace, shared: dict
     harmful, harmless = read_calibration_sets()
     prompts = [r.text for r in harmful + harmless][:: max(1, (len(harmful) + len(harmless)) // args.prompts)]
     prompts = prompts[: args.prompts]
-    guards = {}
-    for name, dtype in (("float32", "float32"), ("bfloat16", "bfloat16")):
-        host = load_host(DEFAULT_MODEL, dtype=dtype, device=str(device))
-        guards[name] = LatentGuard.load("default", host, progress=False)
+    fp32 = LatentGuard.load("default", load_host(DEFAULT_MODEL, dtype="float32", device=str(device)), progress=False)
+    # the same fitted guard on a bfloat16 copy of the host (its fingerprint must accept it)
+    bf16 = LatentGuard(load_host(DEFAULT_MODEL, dtype="bfloat16", device=str(device)), fp32.fitted)
+    guards = {"float32": fp32, "bfloat16": bf16}
     shared.update(prompts=prompts, guards=guards)
     scores = {}
     for name, guard in guards.items():
