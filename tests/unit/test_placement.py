@@ -107,6 +107,16 @@ def test_load_host_with_a_device_map_checks_like_the_plain_host(saved: Path, gua
     assert [v.score for v in spread] == [v.score for v in local]
 
 
+@pytest.mark.parametrize("cpu_bytes", [30_000, 120_000])  # all on disk / embeddings in memory, the rest on disk
+def test_device_map_auto_with_a_memory_cap_offloads_and_checks_the_same(saved: Path, guard: LatentGuard,
+                                                                         tmp_path: Path, cpu_bytes: int) -> None:
+    host = load_host(saved, device_map="auto", max_memory={"cpu": cpu_bytes}, offload_folder=tmp_path / "offload")
+    assert "disk" in host.model.hf_device_map.values()
+    assert all(p.offloaded for p in describe_placement(decoder_blocks(host.model)))
+    spread = LatentGuard(host, guard.fitted).check_batch(PROMPTS)
+    assert [v.score for v in spread] == [v.score for v in guard.check_batch(PROMPTS)]
+
+
 def test_weights_on_meta_without_a_hook_fail_with_a_clear_error() -> None:
     host = make_host(layers=2)
     host.model.to("meta")
