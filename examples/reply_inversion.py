@@ -7,7 +7,8 @@ Harmless prompts are wrapped in a question whose "harmful" answer is an affirmat
 
 - along the harmfulness direction, only the tokens before the question are steered: if the model now judges the
   request harmful it answers "Certainly";
-- along the refusal direction, every prompt token is steered (prefill): a refusal-like reply is "No" or invalid.
+- along the refusal direction, every token is steered (prefill and decoding): a refusal-like reply is "No" or
+  invalid.
 
 Answers are classified by their first word: "Certainly", "No", or invalid (anything else). The numbers are
 reported as measured; on the small default model the effect may be weak or absent.
@@ -102,9 +103,9 @@ def main() -> None:
                 replies = generate(guard, encodings, args.max_new_tokens)
             results[("harmfulness/context", layer)], examples[("harmfulness/context", layer)] = rates(replies), \
                 replies[0]
-            with steer(guard, refusal, layer=layer, coeff=args.coeff, positions="prompt"):
+            with steer(guard, refusal, layer=layer, coeff=args.coeff, positions="all"):
                 replies = generate(guard, encodings, args.max_new_tokens)
-            results[("refusal/prompt", layer)], examples[("refusal/prompt", layer)] = rates(replies), replies[0]
+            results[("refusal/all", layer)], examples[("refusal/all", layer)] = rates(replies), replies[0]
 
     print(f"\nreply inversion on {guard.host.name}: {len(encodings)} harmless prompts, coeff {args.coeff}, "
           f"greedy {args.max_new_tokens} tokens\n")
@@ -120,7 +121,7 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
-        for axis, name in zip(axes, ("harmfulness/context", "refusal/prompt"), strict=True):
+        for axis, name in zip(axes, ("harmfulness/context", "refusal/all"), strict=True):
             for offset, answer in enumerate(("Certainly", "No", "invalid")):
                 axis.bar([layer + (offset - 1) * 0.8 for layer in args.layers],
                          [results[(name, layer)][answer] for layer in args.layers], width=0.8, label=answer)

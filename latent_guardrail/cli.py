@@ -16,14 +16,14 @@ from .batching import resolve_batch_size
 from .calibration import calibrate as calibrate_guard
 from .datasets import PromptRecord, parse_category_spec, read_calibration_sets, read_prompts
 from .distributed import DataParallel, DistributedError, launched_world_size
-from .errors import LatentGuardError
+from .errors import InputError, LatentGuardError
 from .evaluation.command import eval_command
 from .generation import generate_replies
 from .guard import DEFAULT_GUARD, LatentGuard
 from .hosts import DEFAULT_MODEL, load_host
 from .integrations.nemo.chat import nemo_chat_command
 from .settings import CalibrationSettings, GuardSettings
-from .steering import Direction, add_steering
+from .steering import Direction, default_steer_layer, steer, sweep
 from .verdict import Verdict
 
 app = typer.Typer(
@@ -231,31 +231,63 @@ def demo(
     )
 
 
+def _layer_list(spec: str | None) -> list[int] | None:
+    """``"0-30:3"`` (start-stop:step, inclusive), ``"4,8,12"``, or None (every layer)."""
+    if spec is None:
+        return None
+    try:
+        if "-" in spec.lstrip("-") and "," not in spec:
+            span, _, step = spec.partition(":")
+            first, _, last = span.partition("-")
+            return list(range(int(first), int(last) + 1, int(step or 1)))
+        return [int(item) for item in spec.split(",") if item.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--layers takes '0-30:3' or '4,8,12', got {spec!r}") from None
+
+
 @app.command("steer")
 def steer_command(
-    text: Annotated[str, typer.Argument(help="The prompt to answer.")],
-    layer: Annotated[int, typer.Option(help="Residual layer to steer: 0..num_blocks (negative counts from the end).")],
+    text: Annotated[str | None, typer.Argument(help="The prompt to answer (not with --sweep).")] = None,
+    layer: Annotated[int | None, typer.Option(help="Residual layer to steer: 0..num_blocks (negative counts from "
+                                                   "the end; default: the guard's steer layer).")] = None,
     direction: Annotated[str, typer.Option(help="'refusal' or 'harmfulness'.")] = "refusal",
     coeff: Annotated[float, typer.Option(help="c in h + c·v (paper: 1, sometimes 2; negative reverses).")] = 1.0,
-    positions: Annotated[str, typer.Option(help="'prompt' (prefill tokens) or 'all' (+ decoding).")] = "prompt",
+    positions: Annotated[str, typer.Option(help="'prompt' (prefill tokens) or 'all' (+ decoding).")] = "all",
     guard_dir: Annotated[str, typer.Option("--guard", help="Guard folder holding the directions, or 'default'.")] = (
         DEFAULT_GUARD),
     model: Annotated[str, typer.Option(help="Host the guard was fitted on.")] = DEFAULT_MODEL,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 64,
+    sweep_layers: Annotated[bool, typer.Option("--sweep", help="Refusal rate of a prompt set per steered layer.")] = (
+        False),
+    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="Sweep prompts (default: the bundled "
+                                                                        "harmless set).")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of a CSV prompt file.")] = None,
+    limit: Annotated[int, typer.Option(help="Sweep: first N prompts.")] = 50,
+    layers: Annotated[str | None, typer.Option(help="Sweep: layers, '0-30:3' or '4,8,12' (default: all).")] = None,
+    plot: Annotated[Path, typer.Option(help="Sweep: where to save the plot (PNG).")] = Path("steer_sweep.png"),
+    as_json: Annotated[bool, typer.Option("--json", help="Sweep: print the result as JSON.")] = False,
 ) -> None:
-    """Answer a prompt with and without activation addition along a guard's direction, side by side."""
+    """Answer a prompt with and without activation addition along a guard's direction, side by side;
+    or, with --sweep, print the refusal rate of a prompt set per steered layer and save a plot."""
+    if sweep_layers:
+        _sweep(guard_dir, model, direction, coeff, positions, max_new_tokens, prompts_file, text_column, limit,
+               _layer_list(layers), plot, as_json)
+        return
+    if text is None:
+        _fail(InputError("give a prompt to answer, or --sweep"))
+        return
     try:
         guard = LatentGuard.load(guard_dir, load_host(model))
         vector = Direction.from_guard(guard, direction)  # type: ignore[arg-type]
+        chosen = layer if layer is not None else guard.settings.steer_layer
+        if chosen is None:
+            chosen = default_steer_layer(guard.host.num_blocks)
         encoding = guard.encode(text)
         with guard.host.lock:
             plain = generate_replies(guard.host.model, guard.host.tokenizer, [encoding], max_new_tokens=max_new_tokens)
-            handle = add_steering(guard, vector, layer=layer, coeff=coeff, positions=positions)  # type: ignore[arg-type]
-            try:
+            with steer(guard, vector, layer=chosen, coeff=coeff, positions=positions) as handle:  # type: ignore[arg-type]
                 steered = generate_replies(guard.host.model, guard.host.tokenizer, [encoding],
                                            max_new_tokens=max_new_tokens)
-            finally:
-                handle.remove()
     except (LatentGuardError, ValueError) as exc:
         _fail(exc)
         return
@@ -264,6 +296,39 @@ def steer_command(
     table.add_column("with steering")
     table.add_row(plain[0], steered[0])
     console.print(table)
+
+
+def _sweep(guard_dir: str, model: str, direction: str, coeff: float, positions: str, max_new_tokens: int,
+           prompts_file: Path | None, text_column: str | None, limit: int, layers: list[int] | None, plot: Path,
+           as_json: bool) -> None:
+    try:
+        if prompts_file is None:
+            records = read_calibration_sets()[1]
+        else:
+            records = read_prompts(prompts_file, text_column=text_column)
+        if limit < 1:
+            raise InputError(f"--limit must be at least 1, got {limit}")
+        guard = LatentGuard.load(guard_dir, load_host(model))
+        result = sweep(guard, [record.text for record in records[:limit]], direction=direction,  # type: ignore[arg-type]
+                       layers=layers, coeff=coeff, positions=positions,  # type: ignore[arg-type]
+                       max_new_tokens=max_new_tokens, progress=not as_json)
+        saved = result.plot(plot)
+    except (LatentGuardError, ValueError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(result.model_dump_json())
+        return
+    table = Table(title=f"refusal rate per steered layer: {direction} direction, coeff {coeff:g}, positions "
+                        f"{positions}, {result.prompts} prompts (no steering: {100 * result.baseline:.0f}%)")
+    table.add_column("layer", justify="right")
+    table.add_column("refusal rate", justify="right")
+    table.add_column("first reply")
+    for number, rate in sorted(result.rates.items()):
+        table.add_row(str(number), f"{100 * rate:.0f}%", result.examples.get(number, "")[:60])
+    console.print(table)
+    console.print(f"best layer {result.best_layer} ({100 * result.rates[result.best_layer]:.0f}%); plot: {saved}. "
+                  f"Use it for steer-on-block with GuardSettings(steer_layer={result.best_layer}).")
 
 
 app.command("nemo-chat")(nemo_chat_command)  # body in integrations/nemo/chat.py; needs the `nemo` extra
