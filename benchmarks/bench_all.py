@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads in every benchmark")
     args = parser.parse_args()
     threads = [] if args.threads is None else ["--threads", str(args.threads)]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs on the machine skew timings
     started = time.perf_counter()
     core = _run("bench_core.py", [*threads, *(["--calibration", "100"] if args.quick else [])])
     guarded = _run("bench_guarded.py", [*threads, *(["--rounds", "3", "--tokens", "16"] if args.quick else [])])
@@ -86,7 +87,8 @@ def main() -> None:
                                                          if args.quick else [])])
     rows = rows_from(core, guarded, throughput)
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores" + \
-        (f", {args.threads} torch threads" if args.threads else "") + (", --quick sizes" if args.quick else "")
+        (f", {args.threads} torch threads" if args.threads else "") + (", --quick sizes" if args.quick else "") + \
+        (f", load average {load:.1f} at start" if load is not None else "")
     print(f"\nlatent-guardrail benchmarks ({machine}, {time.perf_counter() - started:.0f} s in all)")
     width = max(len(r["measure"]) for r in rows)
     for row in rows:
