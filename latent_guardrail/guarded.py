@@ -340,7 +340,7 @@ def _prefill(guard: LatentGuard, encoding: PromptEncoding) -> tuple[Verdict, tor
                                    logits_to_keep=1)
             except _StopPrefill:
                 return decided[0], None, None
-    except (LatentGuardError, RuntimeError) as exc:  # the pass itself failed: the failure policy decides
+    except Exception as exc:  # the pass itself failed (any exception): the failure policy decides
         if decided:
             raise
         return _failure(guard, exc), None, None

@@ -269,3 +269,25 @@ def test_chat_model_applies_the_same_policy_to_a_scorer_failure(policy: str, gua
     assert message.response_metadata["blocked"] is (policy == "block")
     if policy == "allow":  # the answer comes from the same prefill
         assert message.usage_metadata is not None and message.usage_metadata["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_chat_model_applies_the_same_policy_to_a_failed_pass(policy: str, guard: LatentGuard,
+                                                             faulty: Faulty) -> None:
+    """Any exception in the guarded prefill follows on_error; 'allow' has no pass to answer from: a typed error."""
+    from latent_guardrail.errors import LatentGuardError
+
+    llm = GuardedChatModel(LatentGuard(faulty.host, guard.fitted).with_settings(on_error=policy), max_new_tokens=3)
+    hooks = hook_ids(faulty.host.model)
+    faulty.fault = ValueError("bad shape (simulated)")
+    if policy == "block":
+        message = llm.invoke(HARMLESS_PROMPT)
+        verdict = verdict_of(message)
+        assert verdict is not None and verdict.error == "internal_error:ValueError"
+        assert message.response_metadata["blocked"] is True
+    else:
+        with pytest.raises(ValueError if policy == "raise" else LatentGuardError):
+            llm.invoke(HARMLESS_PROMPT)
+    assert hook_ids(faulty.host.model) == hooks
+    faulty.fault = None
+    assert verdict_of(llm.invoke(HARMLESS_PROMPT)).status == "ok"  # type: ignore[union-attr]
