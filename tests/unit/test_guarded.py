@@ -246,7 +246,7 @@ def test_on_block_raise_carries_the_verdict(guard: LatentGuard) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"max_new_tokens": True}, {"temperature": -1.0},
-                                    {"temperature": math.nan}, {"on_block": "steer"}, {"stop": [""]},
+                                    {"temperature": math.nan}, {"on_block": "shout"}, {"stop": [""]},
                                     {"stop": [3]}])
 def test_bad_arguments_are_input_errors(kwargs: dict[str, Any], guard: LatentGuard) -> None:
     options: dict[str, Any] = {"max_new_tokens": 4, **kwargs}
