@@ -188,6 +188,9 @@ def bench_section(bench: dict[str, object]) -> list[str]:
         for row in rows:
             if isinstance(row, dict):
                 lines.append(f"| {row.get('measure')} | {row.get('value')} | {row.get('budget', '')} |")
+    lines += ["", "Budgets assume an idle 2-core CPU; figures from a shared, loaded machine are slower and noisier "
+              "(the "
+              "ratios are still measured side by side in one run). Raw figures: `docs/results/bench.json`."]
     return [*lines, ""]
 
 
