@@ -12,6 +12,7 @@ last layer the scorer reads (early exit), and scores the t_inst states in float6
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -130,6 +131,22 @@ class LatentGuard:
         """A guard sharing host and fit with some settings changed (e.g. ``threshold=1.5``)."""
         merged = GuardSettings.model_validate({**self.settings.model_dump(), **changes})
         return LatentGuard(self.host, self.fitted, merged)
+
+    def with_refusal_direction(self, vectors: torch.Tensor, source: str) -> LatentGuard:
+        """A guard whose refusal direction is ``vectors`` ``(num_blocks + 1, d)`` (saved with it by :meth:`save`).
+
+        Use it to store a direction fitted with :func:`latent_guardrail.steering.fit_refusal_direction`.
+        """
+        blocks = len(decoder_blocks(self.host.model, self.fitted.layer_template))
+        hidden = self.fitted.centroids.harmful.shape[-1]
+        if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != (blocks + 1, hidden):
+            raise InputError(f"a refusal direction needs shape ({blocks + 1}, {hidden}), got "
+                             f"{tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__}")
+        if not bool(torch.isfinite(vectors).all()):
+            raise NumericalError("the refusal direction has NaN or inf entries")
+        fitted = dataclasses.replace(self.fitted, refusal_direction=vectors.detach().to("cpu", torch.float32),
+                                     refusal_source=source)
+        return LatentGuard(self.host, fitted, self.settings)
 
     # ------------------------------------------------------------------ properties
     @property

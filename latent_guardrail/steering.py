@@ -51,17 +51,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from .activations import extract_states
 from .errors import ArtifactError, FingerprintMismatchError, InputError, LayerError
 from .fingerprint import fingerprint_parts
 from .generation import generate_replies
 from .guard import LatentGuard
 from .hosts import Host
 from .layers import check_layers, decoder_blocks
-from .positions import Prompt
+from .positions import Prompt, encode_batch
 from .refusal import Judge, PhraseJudge
+from .settings import SAFETY_SYSTEM_PROMPT
 
 __all__ = ["Direction", "DirectionKind", "Positions", "SteeringHandle", "SweepResult", "add_steering",
-           "default_steer_layer", "steer", "sweep"]
+           "default_steer_layer", "fit_refusal_direction", "steer", "sweep"]
 
 DirectionKind = Literal["harmfulness", "refusal"]
 Positions = Literal["prompt", "context", "all"]
@@ -448,11 +450,63 @@ class SweepResult(BaseModel):
         return out
 
 
+def fit_refusal_direction(
+    guard: LatentGuard,
+    harmful: Sequence[Prompt],
+    *,
+    system_prompt: str | None = SAFETY_SYSTEM_PROMPT,
+    max_new_tokens: int = 8,
+    judge: Judge | None = None,
+    min_per_class: int = 5,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Direction:
+    """The paper's behavioural refusal direction, ``mean(refused) − mean(accepted)`` at ``t_post_inst``.
+
+    ``harmful`` prompts are rendered under ``system_prompt`` (small hosts refuse some harmful requests only under a
+    safety prompt: SmolLM2-135M refuses none without one), answered greedily, and judged; the states at
+    ``t_post_inst`` of every residual layer give one vector per layer. Store it with
+    ``guard.with_refusal_direction(direction.vectors, direction.source)``.
+
+    Returns:
+        a refusal :class:`Direction` ``(num_blocks + 1, d)`` carrying the guard's fingerprint.
+
+    Raises:
+        InputError: fewer than ``min_per_class`` refused or accepted prompts (the message gives both counts).
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if len(harmful) < 2 * min_per_class:
+        raise InputError(f"need at least {2 * min_per_class} harmful prompts, got {len(harmful)}")
+    host = guard.host
+    refuses = judge if judge is not None else PhraseJudge()
+    num_blocks = len(decoder_blocks(host.model, guard.fitted.layer_template))
+    encodings = encode_batch(host.tokenizer, harmful, system_prompt=system_prompt)
+    with host.lock:
+        replies = generate_replies(host.model, host.tokenizer, encodings, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, progress="judging refusals" if progress else False)
+        refused = torch.tensor([bool(refuses(reply)) for reply in replies])
+        count = int(refused.sum())
+        if not min_per_class <= count <= len(replies) - min_per_class:
+            raise InputError(f"the host refused {count} of {len(replies)} prompts; a behavioural direction needs at "
+                             f"least {min_per_class} refused and {min_per_class} accepted (try a stronger system "
+                             "prompt or more prompts)")
+        states = extract_states(host.model, encodings, list(range(num_blocks + 1)),
+                                pad_token_id=host.tokenizer.pad_token_id, which=("t_post_inst",),
+                                batch_size=batch_size, layer_template=guard.fitted.layer_template,
+                                progress="refusal states" if progress else False)[:, 0].double()  # (n, layers, d)
+    vectors = (states[refused].mean(0) - states[~refused].mean(0)).float()
+    source = f"behaviour: {count} refused / {len(replies) - count} accepted harmful prompts" + (
+        " under a system prompt" if system_prompt is not None else "")
+    return Direction(kind="refusal", vectors=vectors, fingerprint=guard.fingerprint, source=source,
+                     fingerprint_parts=dict(guard.fitted.fingerprint_parts), layer_template=guard.fitted.layer_template)
+
+
 def sweep(
     guard: LatentGuard,
     prompts: Sequence[Prompt],
     *,
-    direction: DirectionKind = "refusal",
+    direction: DirectionKind | Direction = "refusal",
     layers: Sequence[int] | None = None,
     coeff: float = 1.0,
     positions: Positions = "all",
@@ -466,7 +520,7 @@ def sweep(
     Args:
         guard: a fitted guard (its host generates; its direction is used; its system prompt is rendered).
         prompts: strings or message lists.
-        direction: ``"refusal"`` or ``"harmfulness"``.
+        direction: ``"refusal"`` or ``"harmfulness"`` (the guard's), or a :class:`Direction`.
         layers: residual layers to try (default: every layer ``0..num_blocks``).
         coeff: the coefficient ``c`` at every layer.
         positions: ``"prompt"`` (prefill only) or ``"all"`` (prefill and decoding); ``"context"`` is not swept.
@@ -483,7 +537,7 @@ def sweep(
     _check_coeff(coeff)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    vectors = Direction.from_guard(guard, direction)
+    vectors = direction if isinstance(direction, Direction) else Direction.from_guard(guard, direction)
     model, tokenizer = guard.host.model, guard.host.tokenizer
     num_blocks = len(decoder_blocks(model, guard.fitted.layer_template))
     chosen = check_layers(list(range(num_blocks + 1)) if layers is None else list(layers), num_blocks)
@@ -498,13 +552,13 @@ def sweep(
     with guard.host.lock:
         baseline = rate(generate_replies(model, tokenizer, encodings, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size))
-        for layer in tqdm(chosen, desc=f"sweeping the {direction} direction", disable=not progress, unit="layer"):
+        for layer in tqdm(chosen, desc=f"sweeping the {vectors.kind} direction", disable=not progress, unit="layer"):
             with steer(guard, vectors, layer=layer, coeff=coeff, positions=positions):
                 replies = generate_replies(model, tokenizer, encodings, max_new_tokens=max_new_tokens,
                                            batch_size=batch_size)
             rates[layer] = rate(replies)
             examples[layer] = replies[0]
     best = max(chosen, key=lambda layer: (rates[layer], -layer))
-    return SweepResult(direction=direction, coeff=float(coeff), positions=positions, prompts=len(encodings),
+    return SweepResult(direction=vectors.kind, coeff=float(coeff), positions=positions, prompts=len(encodings),
                        max_new_tokens=max_new_tokens, baseline=baseline, rates=rates, best_layer=best,
                        examples=examples)

@@ -437,3 +437,44 @@ def test_cli_steer_sweep_prints_rates_and_saves_a_plot(tmp_path) -> None:
     assert table.exit_code == 0 and "best layer 1" in " ".join(table.output.split())
     bad = CliRunner().invoke(app, [*common, "--layers", "a-b"], catch_exceptions=False)
     assert bad.exit_code == 2
+
+
+# ------------------------------------------------------------------------------------------- behavioural direction
+def test_fit_refusal_direction_is_refused_minus_accepted_at_t_post_inst(guard: LatentGuard, tmp_path) -> None:
+    import itertools
+
+    from latent_guardrail.activations import extract_states
+    from latent_guardrail.positions import encode_batch
+    from latent_guardrail.steering import fit_refusal_direction
+
+    prompts = HARMFUL[:8]
+    verdicts = itertools.cycle([True, False, False])  # the judge's answers, in reply order
+    direction = fit_refusal_direction(guard, prompts, system_prompt="be safe", max_new_tokens=2, min_per_class=2,
+                                      judge=lambda reply: next(verdicts))
+    refused = torch.tensor([i % 3 == 0 for i in range(len(prompts))])
+    encodings = encode_batch(guard.host.tokenizer, prompts, system_prompt="be safe")
+    states = extract_states(guard.host.model, encodings, list(range(LAYERS + 1)),
+                            pad_token_id=guard.host.tokenizer.pad_token_id, which=("t_post_inst",))[:, 0].double()
+    expected = (states[refused].mean(0) - states[~refused].mean(0)).float()
+    torch.testing.assert_close(direction.vectors, expected)
+    assert direction.kind == "refusal" and "3 refused / 5 accepted" in direction.source
+    stored = guard.with_refusal_direction(direction.vectors, direction.source)
+    assert torch.equal(Direction.from_guard(stored, "refusal").vectors, direction.vectors)
+    with steer(guard, direction, layer=1, coeff=1.0):  # carries the guard's fingerprint
+        pass
+    reloaded = LatentGuard.load(stored.save(tmp_path / "g"), guard.host)
+    assert torch.equal(reloaded.fitted.refusal_direction, direction.vectors)
+    assert reloaded.fitted.refusal_source == direction.source
+
+
+def test_fit_refusal_direction_bad_input(guard: LatentGuard) -> None:
+    from latent_guardrail.steering import fit_refusal_direction
+
+    with pytest.raises(InputError, match="refused 0 of 8"):
+        fit_refusal_direction(guard, HARMFUL[:8], max_new_tokens=1, min_per_class=2, judge=lambda reply: False)
+    with pytest.raises(InputError, match="at least 10 harmful prompts"):
+        fit_refusal_direction(guard, HARMFUL[:3])
+    with pytest.raises(InputError, match="shape"):
+        guard.with_refusal_direction(torch.zeros(2, HIDDEN), "x")
+    with pytest.raises(Exception, match="NaN"):
+        guard.with_refusal_direction(torch.full((LAYERS + 1, HIDDEN), math.nan), "x")
