@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from report import print_results  # benchmarks/report.py (scripts run from this folder)
 
 from latent_guardrail import LatentGuard
 from latent_guardrail.artifact import load_fitted
@@ -88,12 +88,8 @@ def main() -> None:
         results["guard_load_with_fingerprint_check_ms"] = round(
             1000 * _timed(lambda: LatentGuard.load(folder, host), 10), 2)
 
-    width = max(len(k) for k in results)
-    print("latent-guardrail core benchmark (default host, CPU threads =", torch.get_num_threads(), ")")
-    for key, value in results.items():
-        print(f"  {key:<{width}}  {value}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2))
+    print_results(f"latent-guardrail core benchmark (default host, CPU threads = {torch.get_num_threads()})",
+                  results, args.json)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import print_results  # benchmarks/report.py (scripts run from this folder)
 
 from latent_guardrail import LatentGuard
 from latent_guardrail.datasets import read_calibration_sets
@@ -102,12 +103,8 @@ def main() -> None:
     results["peak_rss_host_plus_guard_mb"] = guard_peak
     results["peak_rss_guard_vs_host_ratio"] = round(guard_peak / host_peak, 3)
 
-    width = max(len(k) for k in results)
-    print(f"latent-guardrail throughput/calibration/memory benchmark (default host, {threads} threads)")
-    for key, value in results.items():
-        print(f"  {key:<{width}}  {value}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2))
+    print_results(f"latent-guardrail throughput/calibration/memory benchmark (default host, {threads} threads)",
+                  results, args.json)
 
 
 if __name__ == "__main__":

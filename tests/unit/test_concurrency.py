@@ -10,9 +10,7 @@ the lock: its output is unchanged and so are the guard's verdicts. Work that ins
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,15 +43,6 @@ def guard(tiny_host: Host) -> LatentGuard:
 def expected(guard: LatentGuard) -> list[Verdict]:
     """The sequential verdicts, one prompt at a time."""
     return [guard.check(prompt) for prompt in PROMPTS]
-
-
-@pytest.fixture
-def busy_switching() -> Iterator[None]:
-    """Switch between Python threads as often as possible, so interleavings are many."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
 
 
 def same(a: Verdict, b: Verdict) -> bool:

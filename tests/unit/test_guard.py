@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
-import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -295,15 +293,6 @@ def test_harmful_verdict_names_its_top_category(guard: LatentGuard) -> None:
 
 THREAD_PROMPTS = HARMFUL[:4] + HARMLESS[:4]
 ROUNDS = 8  # the rounds repeat the same check; more rounds make a thread-safety bug show reliably
-
-
-@pytest.fixture
-def busy_switching() -> Iterator[None]:
-    """Switch between Python threads as often as possible, so interleavings are many."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
 
 
 def test_threads_give_the_sequential_verdicts(guard: LatentGuard, busy_switching: None) -> None:
