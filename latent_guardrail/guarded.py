@@ -189,7 +189,7 @@ def guarded_stream(
                 raise LatentGuardBlocked(verdict)
             if on_block == "steer":
                 yield from _steered(guard, verdict, encoding, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    stops=stops, seed=seed, cancel=cancel)
+                                    stops=stops, seed=seed, cancel=cancel, refusal=refusal)
                 return
             yield GuardedChunk(text=refusal, token_ids=())
             yield GuardedResult(verdict=verdict, text=refusal, tokens=(), usage=Usage(prompt_tokens, 0),
@@ -205,7 +205,9 @@ def guarded_stream(
 def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int = 64) -> GuardedResult:
     """The host's own (greedy) answer to ``prompt`` steered along the guard's refusal direction, without a check.
 
-    What ``on_block="steer"`` answers with; adapters that have already judged a prompt call this. The result's
+    What ``on_block="steer"`` answers with; adapters that have already judged a prompt call this. Unless
+    ``guard.settings.steer_fallback`` is off, a steered answer that does not read as a refusal (phrase judge) is
+    replaced by :data:`DEFAULT_REFUSAL`: a blocked prompt is never answered with anything else. The result's
     ``verdict`` is the guard's verdict for ``prompt`` (read in the same steered pass is not possible — steering
     changes the states — so it is computed by :meth:`LatentGuard.check` first).
 
@@ -219,7 +221,7 @@ def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int =
         verdict = guard.check(prompt)
         final: GuardedResult | None = None
         for event in _steered(guard, verdict, encoding, max_new_tokens=max_new_tokens, temperature=0.0, stops=(),
-                              seed=None, cancel=None):
+                              seed=None, cancel=None, refusal=DEFAULT_REFUSAL):
             if isinstance(event, GuardedResult):
                 final = event
     if final is None:  # pragma: no cover - _steered always ends with a result
@@ -241,9 +243,37 @@ def _steering_for(guard: LatentGuard) -> tuple[Any, int, float]:
 
 
 def _steered(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, *, max_new_tokens: int,
-             temperature: float, stops: Sequence[str], seed: int | None,
-             cancel: threading.Event | None) -> Iterator[GuardedEvent]:
-    """A full prefill and decoding with the refusal direction added at every position. Callers hold the lock."""
+             temperature: float, stops: Sequence[str], seed: int | None, cancel: threading.Event | None,
+             refusal: str) -> Iterator[GuardedEvent]:
+    """A full prefill and decoding with the refusal direction added at every position. Callers hold the lock.
+
+    With ``guard.settings.steer_fallback`` (the default) the answer is generated in full first and kept only when
+    the phrase judge reads it as a refusal, else ``refusal`` is answered: steering that fails to make the host
+    refuse must not let it answer a blocked prompt. Then the text arrives as one chunk.
+    """
+    from .refusal import is_refusal
+
+    events = _steered_events(guard, verdict, encoding, max_new_tokens=max_new_tokens, temperature=temperature,
+                             stops=stops, seed=seed, cancel=cancel)
+    if not guard.settings.steer_fallback:
+        yield from events
+        return
+    try:
+        final = next(event for event in events if isinstance(event, GuardedResult))
+    finally:
+        events.close()  # leaves the steering scope: its hooks are removed now, not when collected
+    if not is_refusal(final.text):
+        logger.info("the steered answer is not a refusal; answering the canned refusal instead",
+                    extra={"reason": "steer_fallback"})
+        final = GuardedResult(verdict=final.verdict, text=refusal, tokens=(), usage=Usage(final.usage.input_tokens, 0),
+                              blocked=True, finish_reason="blocked")
+    yield GuardedChunk(text=final.text, token_ids=final.tokens)
+    yield final
+
+
+def _steered_events(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, *, max_new_tokens: int,
+                    temperature: float, stops: Sequence[str], seed: int | None,
+                    cancel: threading.Event | None) -> Iterator[GuardedEvent]:
     from .steering import steer
 
     direction, layer, coeff = _steering_for(guard)

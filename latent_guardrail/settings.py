@@ -43,6 +43,9 @@ class GuardSettings(BaseModel):
                                   "40 % of the depth; pick it with `latent-guardrail steer --sweep`).")
     steer_coeff: float = Field(default=1.0, ge=-100.0, le=100.0, allow_inf_nan=False,
                                description="Coefficient c of the refusal direction for on_block='steer'.")
+    steer_fallback: bool = Field(
+        default=True, description="on_block='steer': answer the canned refusal when the steered answer does not "
+                                  "read as a refusal (phrase judge), so a blocked prompt never gets another answer.")
 
 
 class CalibrationSettings(BaseModel):

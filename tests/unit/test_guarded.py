@@ -280,7 +280,7 @@ def test_steer_on_block_answers_with_the_steered_host(guard: LatentGuard) -> Non
     from latent_guardrail.guarded import steered_refusal
     from latent_guardrail.steering import Direction, default_steer_layer, steer
 
-    steering = guard.with_settings(steer_layer=2, steer_coeff=8.0)
+    steering = guard.with_settings(steer_layer=2, steer_coeff=8.0, steer_fallback=False)
     result = guarded_generate(steering, BLOCKED, max_new_tokens=5, on_block="steer")
     assert result.blocked and result.finish_reason == "blocked" and result.verdict.harmful
     with steer(guard, Direction.from_guard(guard, "refusal"), layer=2, coeff=8.0, positions="all"):
@@ -290,7 +290,7 @@ def test_steer_on_block_answers_with_the_steered_host(guard: LatentGuard) -> Non
     assert result.usage.output_tokens == len(result.tokens) > 0
     alone = steered_refusal(steering, BLOCKED, max_new_tokens=5)
     assert alone.text == result.text and alone.blocked and alone.verdict.score == pytest.approx(result.verdict.score)
-    default = guard.with_settings(steer_coeff=8.0)  # no layer set: 40 % of the depth
+    default = guard.with_settings(steer_coeff=8.0, steer_fallback=False)  # no layer set: 40 % of the depth
     assert default_steer_layer(guard.host.num_blocks) == round(0.4 * guard.host.num_blocks)
     assert guarded_generate(default, BLOCKED, max_new_tokens=3, on_block="steer").blocked
 
@@ -300,14 +300,33 @@ def test_steer_on_block_leaves_allowed_prompts_and_hooks_alone(guard: LatentGuar
     assert not guard.check(prompt).harmful
     before = hook_ids(guard.host.model)
     plain = guarded_generate(guard, prompt, max_new_tokens=4)
-    steered = guarded_generate(guard.with_settings(steer_layer=1, steer_coeff=8.0), prompt, max_new_tokens=4,
-                               on_block="steer")
+    steered = guarded_generate(guard.with_settings(steer_layer=1, steer_coeff=8.0, steer_fallback=False), prompt,
+                               max_new_tokens=4, on_block="steer")
     assert steered.text == plain.text and not steered.blocked
-    events = guarded_stream(guard.with_settings(steer_layer=1, steer_coeff=8.0), BLOCKED, max_new_tokens=4,
-                            on_block="steer")
+    events = guarded_stream(guard.with_settings(steer_layer=1, steer_coeff=8.0, steer_fallback=False), BLOCKED,
+                            max_new_tokens=4, on_block="steer")
     next(events), next(events)  # verdict and first steered chunk, then abandon the stream
     events.close()
     assert hook_ids(guard.host.model) == before
+
+
+def test_steer_on_block_falls_back_to_the_refusal_unless_the_host_refuses(guard: LatentGuard, monkeypatch) -> None:
+    import latent_guardrail.refusal as refusal_module
+    from latent_guardrail.guarded import steered_refusal
+
+    steering = guard.with_settings(steer_layer=2, steer_coeff=8.0)  # steer_fallback on (the default)
+    raw = guarded_generate(steering.with_settings(steer_fallback=False), BLOCKED, max_new_tokens=5, on_block="steer")
+    assert not refusal_module.is_refusal(raw.text)  # the tiny random host does not refuse
+    before = hook_ids(guard.host.model)
+    events = list(guarded_stream(steering, BLOCKED, max_new_tokens=5, on_block="steer", refusal="No."))
+    assert hook_ids(guard.host.model) == before
+    result = events[-1]
+    assert isinstance(result, GuardedResult) and result.text == "No." and result.blocked and result.tokens == ()
+    assert [e.text for e in events if isinstance(e, GuardedChunk)] == ["No."]
+    assert steered_refusal(steering, BLOCKED, max_new_tokens=5).text == DEFAULT_REFUSAL
+    monkeypatch.setattr(refusal_module, "is_refusal", lambda reply: True)  # a host that does refuse: kept
+    kept = guarded_generate(steering, BLOCKED, max_new_tokens=5, on_block="steer")
+    assert kept.text == raw.text and kept.tokens == raw.tokens and kept.usage == raw.usage
 
 
 def test_steer_on_block_bad_settings(guard: LatentGuard) -> None:

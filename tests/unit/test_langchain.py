@@ -252,7 +252,7 @@ def test_chat_model_refuses_a_blocked_prompt(llm: GuardedChatModel, guard: Laten
 def test_chat_model_and_middleware_steer_on_block(guard: LatentGuard) -> None:
     from latent_guardrail.guarded import steered_refusal
 
-    steering = guard.with_settings(steer_layer=1, steer_coeff=8.0)
+    steering = guard.with_settings(steer_layer=1, steer_coeff=8.0, steer_fallback=False)
     expected = steered_refusal(steering, BLOCKED, max_new_tokens=4)
     assert expected.text != DEFAULT_REFUSAL
     message = GuardedChatModel(steering, on_block="steer", max_new_tokens=4).invoke(BLOCKED)

@@ -296,6 +296,7 @@ def test_colang2_rail_blocks_answers_and_raises(guard: LatentGuard) -> None:
 # ------------------------------------------------------------------------------------------- steer on block
 
 def test_steer_on_block_answers_with_the_hosts_own_refusal(guard: LatentGuard) -> None:
+    guard = guard.with_settings(steer_fallback=False)  # keep the tiny host's (non-refusal) steered words
     steered = steered_refusal(guard, BLOCKED, max_new_tokens=4).text.strip()
     assert steered and steered != REFUSAL
     fake = FakeLLMModel(responses=[])
