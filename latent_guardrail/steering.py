@@ -395,9 +395,9 @@ def steer(
 def default_steer_layer(num_blocks: int) -> int:
     """The residual layer steer-on-block uses when none is set: 40 % of the depth.
 
-    Refusal steering works best in the early-middle layers (the paper's Figure 4 shape; on the default host the
-    sweep in the README peaks there too); set ``GuardSettings.steer_layer`` from ``latent-guardrail steer --sweep``
-    for another host.
+    A generic starting point only: the best layer depends on the host and the direction (on the default host the
+    behavioural direction works best deep, at layer 21 of 30 — README "Steering"). Set ``GuardSettings.steer_layer``
+    from ``latent-guardrail steer --sweep`` for your host.
     """
     if num_blocks < 1:
         raise LayerError(f"a model needs at least one decoder block, got {num_blocks}")
