@@ -273,7 +273,7 @@ def _steered(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, *, 
 
 def _steered_events(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, *, max_new_tokens: int,
                     temperature: float, stops: Sequence[str], seed: int | None,
-                    cancel: threading.Event | None) -> Iterator[GuardedEvent]:
+                    cancel: threading.Event | None) -> Generator[GuardedEvent, None, None]:
     from .steering import steer
 
     direction, layer, coeff = _steering_for(guard)
