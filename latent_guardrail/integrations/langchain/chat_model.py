@@ -33,6 +33,7 @@ from pydantic import ConfigDict, Field
 from ...errors import InputError
 from ...guard import LatentGuard
 from ...guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedEvent, GuardedResult, Usage, guarded_stream
+from ...streaming import iterate_in_thread
 from ...verdict import Verdict
 from .messages import METADATA_KEY, to_prompt, verdict_metadata
 
@@ -154,38 +155,7 @@ class GuardedChatModel(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[ChatGenerationChunk | BaseException | None] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(item: ChatGenerationChunk | BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody listens any more
-                cancel.set()
-
-        def work() -> None:  # the whole generation in one thread: the host lock is taken and released here
-            try:
-                for chunk in self._chunks(self._events(messages, stop, kwargs, cancel)):
-                    if cancel.is_set():
-                        break
-                    put(chunk)
-            except BaseException as exc:  # handed to the consumer
-                put(exc)
-            finally:
-                put(None)
-
-        worker = asyncio.ensure_future(asyncio.to_thread(work))
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                if run_manager is not None and item.text:
-                    await run_manager.on_llm_new_token(item.text, chunk=item)
-                yield item
-            await worker
-        finally:
-            cancel.set()
+        async for chunk in iterate_in_thread(lambda cancel: self._chunks(self._events(messages, stop, kwargs, cancel))):
+            if run_manager is not None and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk

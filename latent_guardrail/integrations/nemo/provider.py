@@ -28,7 +28,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from latent_guardrail.guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedResul
 from latent_guardrail.integrations.nemo.loading import NemoConfigError, resolve_guard_path, shared_guard
 from latent_guardrail.layers import input_device
 from latent_guardrail.positions import Message, Prompt
+from latent_guardrail.streaming import iterate_in_thread
 from latent_guardrail.verdict import Verdict
 
 __all__ = ["PROVIDER_NAME", "CallOptions", "HostModelOptions", "LatentHostModel", "PreparedAnswers",
@@ -283,45 +285,19 @@ class LatentHostModel:
             yield LLMResponseChunk(delta_content=result.text, model=self.model_name)
             yield self._last_chunk(result, shared=False)
             return
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[LLMResponseChunk | BaseException | None] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(item: LLMResponseChunk | BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody listens any more
-                cancel.set()
-
-        def work() -> None:  # the whole generation in one thread: the host lock is taken and released here
-            try:
-                events = guarded_stream(self.guard, guard_prompt, on_block="refuse", refusal=self.options.refusal,
-                                        cancel=cancel, **self._generate_kwargs(options))
+        def chunks(cancel: threading.Event) -> Iterator[LLMResponseChunk]:
+            # the whole generation runs in iterate_in_thread's worker: the host lock is taken and released there
+            events = guarded_stream(self.guard, guard_prompt, on_block="refuse", refusal=self.options.refusal,
+                                    cancel=cancel, **self._generate_kwargs(options))
+            with closing(events):
                 for event in events:
-                    if cancel.is_set():
-                        events.close()
-                        break
                     if isinstance(event, GuardedChunk) and event.text:
-                        put(LLMResponseChunk(delta_content=event.text, model=self.model_name))
+                        yield LLMResponseChunk(delta_content=event.text, model=self.model_name)
                     elif isinstance(event, GuardedResult):
-                        put(self._last_chunk(_Answer.of(event), shared=False))
-            except BaseException as exc:  # handed to the consumer
-                put(exc)
-            finally:
-                put(None)
+                        yield self._last_chunk(_Answer.of(event), shared=False)
 
-        worker = asyncio.ensure_future(asyncio.to_thread(work))
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            await worker
-        finally:
-            cancel.set()
+        async for chunk in iterate_in_thread(chunks):
+            yield chunk
 
     # ------------------------------------------------------------------ used by the passthrough rail
     def call_options(self, stop: Sequence[str] | None, kwargs: Mapping[str, Any]) -> CallOptions:
