@@ -281,7 +281,7 @@ def steer_command(
         vector = Direction.from_guard(guard, direction)  # type: ignore[arg-type]
         chosen = layer if layer is not None else guard.settings.steer_layer
         if chosen is None:
-            chosen = default_steer_layer(guard.host.num_blocks)
+            chosen = default_steer_layer(guard.num_blocks)
         encoding = guard.encode(text)
         with guard.host.lock:
             plain = generate_replies(guard.host.model, guard.host.tokenizer, [encoding], max_new_tokens=max_new_tokens)

@@ -137,7 +137,7 @@ class LatentGuard:
 
         Use it to store a direction fitted with :func:`latent_guardrail.steering.fit_refusal_direction`.
         """
-        blocks = len(decoder_blocks(self.host.model, self.fitted.layer_template))
+        blocks = self.num_blocks
         hidden = self.fitted.centroids.harmful.shape[-1]
         if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != (blocks + 1, hidden):
             raise InputError(f"a refusal direction needs shape ({blocks + 1}, {hidden}), got "
@@ -160,6 +160,11 @@ class LatentGuard:
         if self.settings.threshold is not None:
             return float(self.settings.threshold)
         return float(self.fitted.scorer.threshold)
+
+    @property
+    def num_blocks(self) -> int:
+        """Decoder blocks of the host (the artifact's count, checked against the host when the guard is built)."""
+        return self.fitted.num_blocks
 
     @property
     def layers(self) -> tuple[int, ...]:

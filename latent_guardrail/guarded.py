@@ -236,9 +236,8 @@ def _steering_for(guard: LatentGuard) -> tuple[Any, int, float]:
     from .steering import Direction, default_steer_layer  # steering sits above guard; imported when used
 
     direction = Direction.from_guard(guard, "refusal")
-    num_blocks = len(decoder_blocks(guard.host.model, guard.fitted.layer_template))
     wanted = guard.settings.steer_layer
-    (layer,) = check_layers([default_steer_layer(num_blocks) if wanted is None else wanted], num_blocks)
+    (layer,) = check_layers([default_steer_layer(guard.num_blocks) if wanted is None else wanted], guard.num_blocks)
     return direction, layer, guard.settings.steer_coeff
 
 

@@ -480,7 +480,7 @@ def fit_refusal_direction(
         raise InputError(f"need at least {2 * min_per_class} harmful prompts, got {len(harmful)}")
     host = guard.host
     refuses = judge if judge is not None else PhraseJudge()
-    num_blocks = len(decoder_blocks(host.model, guard.fitted.layer_template))
+    num_blocks = guard.num_blocks
     encodings = encode_batch(host.tokenizer, harmful, system_prompt=system_prompt)
     with host.lock:
         replies = generate_replies(host.model, host.tokenizer, encodings, max_new_tokens=max_new_tokens,
@@ -539,7 +539,7 @@ def sweep(
         raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     vectors = direction if isinstance(direction, Direction) else Direction.from_guard(guard, direction)
     model, tokenizer = guard.host.model, guard.host.tokenizer
-    num_blocks = len(decoder_blocks(model, guard.fitted.layer_template))
+    num_blocks = guard.num_blocks
     chosen = check_layers(list(range(num_blocks + 1)) if layers is None else list(layers), num_blocks)
     refuses = judge if judge is not None else PhraseJudge()
     encodings = [guard.encode(prompt) for prompt in prompts]
