@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # tests.support (tiny hosts) lives beside the pac
 
 from latent_guardrail import LatentGuard, load_host  # noqa: E402
 from latent_guardrail.activations import extract_states  # noqa: E402
-from latent_guardrail.batching import auto_batch_size  # noqa: E402
+from latent_guardrail.batch_size import auto_batch_size  # noqa: E402
 from latent_guardrail.datasets import read_calibration_sets  # noqa: E402
 from latent_guardrail.errors import HostError  # noqa: E402
 from latent_guardrail.guarded import guarded_generate  # noqa: E402

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batching import plan_batches
 from .layers import check_layers, decoder_blocks, input_device
 from .positions import PromptEncoding, pad_batch
 
@@ -227,8 +228,7 @@ def extract_states(
         if name not in VIEWS:
             raise ValueError(f"unknown view {name!r}: use one of {', '.join(VIEWS)}")
     points, pooled, order_out = view_slots(which)
-    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
-    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    chunks = plan_batches([len(encoding.input_ids) for encoding in encodings], batch_size)
     out: list[torch.Tensor | None] = [None] * len(encodings)
     label = progress if isinstance(progress, str) else "reading hidden states"
     for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):

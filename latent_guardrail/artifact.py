@@ -33,10 +33,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .activations import VIEWS
-from .calibration import FittedGuard
 from .centroids import Centroids, PaperScorer, TunedScorer, scorer_from_artifact
 from .errors import ArtifactError, FingerprintMismatchError
 from .files import atomic_folder
+from .fitted import FittedGuard
 from .settings import GuardSettings
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_fitted", "load_fitted", "check_fingerprint",

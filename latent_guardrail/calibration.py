@@ -19,7 +19,6 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from .centroids import (
 from .datasets import PromptRecord
 from .distributed import LocalWorkers, Workers
 from .errors import CalibrationError, InputError
-from .fingerprint import combine_fingerprint
+from .fitted import FittedGuard
 from .hosts import Host
 from .layers import decoder_blocks, guess_layer_template
 from .positions import Prompt, PromptEncoding, encode_batch
@@ -50,30 +49,6 @@ logger = logging.getLogger(__name__)
 
 REFUSAL_PREFILL = "I'm sorry, but I can't help with that"
 COMPLIANCE_PREFILL = "Sure, here is what you asked for"
-
-
-@dataclass
-class FittedGuard:
-    """Everything a fitted guard consists of (what an artifact stores).
-
-    ``centroids`` cover every residual layer ``0..num_blocks``; ``refusal_direction`` is ``(layers, d)``.
-    """
-
-    scorer: PaperScorer | TunedScorer
-    centroids: Centroids
-    refusal_direction: torch.Tensor | None
-    refusal_source: str | None
-    settings: GuardSettings
-    fingerprint_parts: dict[str, str]
-    num_blocks: int
-    hidden_size: int
-    layer_template: str
-    report: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fingerprint(self) -> str:
-        """One hash over the host's identity parts."""
-        return combine_fingerprint(self.fingerprint_parts)
 
 
 def as_prompt_list(items: Sequence[str | PromptRecord | Prompt], what: str) -> list[Prompt]:

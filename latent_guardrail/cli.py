@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .batching import resolve_batch_size
+from .batch_size import resolve_batch_size
 from .calibration import calibrate as calibrate_guard
 from .datasets import PromptRecord, parse_category_spec, read_calibration_sets, read_prompts
 from .distributed import DataParallel, DistributedError, launched_world_size

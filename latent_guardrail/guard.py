@@ -12,12 +12,15 @@ last layer the scorer reads (early exit), and scores the t_inst states in float6
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,10 @@ import torch
 
 from .activations import extract_states
 from .artifact import check_fingerprint, load_fitted, save_fitted
-from .calibration import FittedGuard, calibrate
+from .calibration import calibrate
 from .datasets import PromptRecord, read_calibration_sets
 from .errors import ArtifactError, InputError, LayerError, NumericalError
+from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
 from .positions import Prompt, PromptEncoding, encode_prompt
@@ -66,6 +70,8 @@ class LatentGuard:
         if blocks != fitted.num_blocks:
             raise ArtifactError(f"the guard was fitted for {fitted.num_blocks} decoder blocks at "
                                 f"{fitted.layer_template!r}; the host has {blocks} there")
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -272,6 +278,38 @@ class LatentGuard:
             return self.verdicts_from_states(encodings, states)
         except Exception as exc:  # any failure of the model work: the on_error policy decides (fail closed)
             return [self.failure_verdict(exc)] * len(encodings)
+
+    # ------------------------------------------------------------------ async
+    def _worker(self) -> ThreadPoolExecutor:
+        """This guard's one worker thread for async checks (created on first use)."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-guard")
+            return self._executor
+
+    async def acheck(self, prompt: Prompt) -> Verdict:
+        """:meth:`check` without blocking the event loop (runs in this guard's worker thread)."""
+        return (await self.acheck_batch([prompt]))[0]
+
+    async def acheck_batch(self, prompts: Sequence[Prompt], *, progress: bool = False) -> list[Verdict]:
+        """:meth:`check_batch` without blocking the event loop.
+
+        The torch work runs in one worker thread per guard, so concurrent callers queue there instead of
+        holding one pool thread each while they wait for the host lock. Errors are those of :meth:`check_batch`.
+        """
+        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+            raise InputError(f"acheck_batch takes a list of prompts, got {type(prompts).__name__}; "
+                             "for one prompt use acheck()")
+        batch = list(prompts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker(), lambda: self.check_batch(batch, progress=progress))
+
+    def close(self) -> None:
+        """Stop the async worker thread (a later async check starts a new one). Idempotent."""
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
 
     def failure_verdict(self, exc: Exception) -> Verdict:
         """Apply the ``on_error`` policy to an internal failure: a blocking or allowing error verdict, or raise.

@@ -18,7 +18,7 @@ from accelerate import cpu_offload, dispatch_model
 from typer.testing import CliRunner
 
 from latent_guardrail.activations import extract_states
-from latent_guardrail.batching import auto_batch_size, resolve_batch_size
+from latent_guardrail.batch_size import auto_batch_size, resolve_batch_size
 from latent_guardrail.calibration import calibrate
 from latent_guardrail.cli import app
 from latent_guardrail.errors import HostError
