@@ -95,7 +95,7 @@ def phase_tiny(device: torch.device, args: argparse.Namespace) -> dict[str, Any]
         host.model.to(device)
         encodings = encode_batch(host.tokenizer, prompts)
         states = extract_states(host.model, encodings, range(5), pad_token_id=host.tokenizer.pad_token_id,
-                                which=("t_inst", "content_mean"), batch_size=8)
+                                views=("t_inst", "content_mean"), batch_size=8)
         ok = states.dtype == torch.float32 and states.device.type == "cpu" and bool(torch.isfinite(states).all())
         if reference is None:
             reference = states
@@ -110,7 +110,7 @@ def phase_tiny(device: torch.device, args: argparse.Namespace) -> dict[str, Any]
     model = dispatch_model(host.model, device_map=device_map, main_device=str(device))
     encodings = encode_batch(host.tokenizer, prompts)
     split = extract_states(model, encodings, range(5), pad_token_id=host.tokenizer.pad_token_id,
-                           which=("t_inst", "content_mean"), batch_size=8)
+                           views=("t_inst", "content_mean"), batch_size=8)
     assert reference is not None
     out["device_map_offload"] = {
         "blocks": [f"{p.device}{' (offloaded)' if p.offloaded else ''}" for p in describe_placement(

@@ -28,16 +28,9 @@ from tqdm.auto import tqdm
 from .batching import plan_batches
 from .layers import check_layers, decoder_blocks, input_device
 from .positions import PromptEncoding, pad_batch
+from .views import View, ViewLayout
 
-__all__ = ["Capture", "capture", "run_capture", "extract_states", "VIEWS", "POINT_VIEWS", "SPAN_VIEWS",
-           "view_slots"]
-
-POINT_VIEWS = ("t_inst", "t_post_inst")
-"""Views read at one token: the instruction's last token and the last prompt token."""
-SPAN_VIEWS = ("content_mean",)
-"""Views averaged over tokens: ``content_mean`` = mean over the last user message's content tokens."""
-VIEWS = POINT_VIEWS + SPAN_VIEWS
-
+__all__ = ["Capture", "capture", "run_capture", "extract_states"]
 
 class _EarlyExit(Exception):
     """Raised by a hook to stop the forward pass once every needed layer is recorded."""
@@ -189,24 +182,13 @@ def run_capture(
     return result
 
 
-def view_slots(views: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
-    """How views map onto a capture: (point views, span views, index of each view among the capture's slots).
-
-    A capture holds the point views first, then the span views; ``t_inst`` is read when no point view is asked.
-    """
-    points = [name for name in views if name in POINT_VIEWS] or ["t_inst"]
-    pooled = [name for name in views if name in SPAN_VIEWS]
-    slots = [*points, *pooled]
-    return points, pooled, [slots.index(name) for name in views]
-
-
 def extract_states(
     model: nn.Module,
     encodings: Sequence[PromptEncoding],
     layers: Sequence[int],
     *,
     pad_token_id: int,
-    which: Sequence[str] = ("t_inst",),
+    views: Sequence[str | View] = ("t_inst",),
     batch_size: int = 16,
     layer_template: str | None = None,
     stop_early: bool = True,
@@ -215,30 +197,24 @@ def extract_states(
     """States of many prompts, batched by length (left padding), in the input order.
 
     Args:
-        which: views to read per prompt, any of :data:`VIEWS` (``"t_inst"``, ``"t_post_inst"``,
-            ``"content_mean"``).
+        views: what to read per prompt: views of :data:`latent_guardrail.views.VIEWS` (or their names).
         progress: show a progress bar (a string is used as its label).
 
     Returns:
-        ``(n_prompts, len(which), len(layers), d_model)`` float32 on the CPU, views in ``which`` order.
+        ``(n_prompts, len(views), len(layers), d_model)`` float32 on the CPU, in the order of ``views``.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    for name in which:
-        if name not in VIEWS:
-            raise ValueError(f"unknown view {name!r}: use one of {', '.join(VIEWS)}")
-    points, pooled, order_out = view_slots(which)
+    layout = ViewLayout.of(views)
     chunks = plan_batches([len(encoding.input_ids) for encoding in encodings], batch_size)
     out: list[torch.Tensor | None] = [None] * len(encodings)
     label = progress if isinstance(progress, str) else "reading hidden states"
     for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):
         batch = pad_batch([encodings[i] for i in chunk], pad_token_id, side="left")
-        positions = torch.stack([getattr(batch, name) for name in points], dim=1)
-        spans = torch.stack([torch.stack([batch.t_content_start, batch.t_inst], dim=-1) for _ in pooled], dim=1) \
-            if pooled else None
+        positions, spans = layout.locate(batch)
         result = run_capture(model, batch.input_ids, batch.attention_mask, layers, positions,
                              layer_template=layer_template, stop_early=stop_early, spans=spans)
-        stacked = result.stacked()[:, order_out]
+        stacked = result.stacked()[:, list(layout.order)]
         for row, index in enumerate(chunk):
             out[index] = stacked[row]
     if not out:

@@ -7,6 +7,7 @@ Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VER
     num_blocks, hidden_size, layer_template
     position_rule              "t_inst = last token of the last user message (sentinel + offsets)"
     scorer                     the scorer's config(): mode, layers, threshold, categories, ...
+    views                      the spec (name, kind, rule) of every view the scorer reads; checked on load
     settings                   GuardSettings
     refusal_source             "behaviour" | "contrastive" | null
     categories                 names of the per-category centroids
@@ -14,7 +15,7 @@ Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VER
     tensors_sha256             sha256 of tensors.safetensors (detects truncation and edits)
 
 Tensors: ``centroids.harmful`` / ``centroids.harmless`` ``(num_blocks + 1, d)``, ``centroids.category.<name>``,
-``refusal.direction`` and the scorer's own (``tuned.*``), all float32.
+``refusal.direction`` and the scorer's own (named with its ``tensor_prefix``, e.g. ``tuned.*``), all float32.
 The folder is written to a temporary sibling and renamed, so a crash never leaves a half-written guard.
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,13 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .activations import VIEWS
-from .centroids import Centroids, PaperScorer, TunedScorer, scorer_from_artifact
+from .centroids import Centroids
 from .errors import ArtifactError, FingerprintMismatchError
 from .files import atomic_folder
 from .fitted import FittedGuard
+from .scorers import scorer_from_artifact, scorer_tensors
 from .settings import GuardSettings
+from .views import get_view
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_fitted", "load_fitted", "check_fingerprint",
            "HEADER_FILE", "TENSORS_FILE"]
@@ -78,6 +79,7 @@ def save_fitted(fitted: FittedGuard, folder: str | os.PathLike[str]) -> Path:
             "layer_template": fitted.layer_template,
             "position_rule": POSITION_RULE,
             "scorer": fitted.scorer.config(),
+            "views": [get_view(view).spec() for view in fitted.scorer.views],
             "settings": fitted.settings.model_dump(),
             "refusal_source": fitted.refusal_source,
             "categories": list(fitted.centroids.categories),
@@ -176,13 +178,17 @@ def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
     centroids = Centroids(tuple(range(layers)), take("centroids.harmful", (layers, d)).double(),
                           take("centroids.harmless", (layers, d)).double(), categories)
     refusal = take("refusal.direction", (layers, d)) if "refusal.direction" in tensors else None
-    scorer_tensors = {k: take(k) for k in tensors if k.startswith("tuned.")}
+    _check_rules(header, root / HEADER_FILE)
     try:
-        scorer = scorer_from_artifact(header["scorer"], scorer_tensors, centroids)
+        own = {k: take(k) for k in scorer_tensors(header["scorer"].get("mode"), tensors)}
+        scorer = scorer_from_artifact(header["scorer"], own, centroids)
         settings = GuardSettings.model_validate(header["settings"])
     except (KeyError, ValueError, TypeError, ValidationError) as exc:
         raise ArtifactError(f"{root / HEADER_FILE} has an invalid scorer or settings section: {exc}") from exc
-    _check_scorer(scorer, d, root / HEADER_FILE)
+    try:
+        scorer.validate(d)
+    except ValueError as exc:
+        raise ArtifactError(f"{root / HEADER_FILE}: {exc}") from exc
     if any(not 0 <= layer < layers for layer in scorer.layers):
         raise ArtifactError(f"scorer layers {scorer.layers} out of range 0..{layers - 1}")
     return FittedGuard(scorer=scorer, centroids=centroids, refusal_direction=refusal,
@@ -191,25 +197,28 @@ def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
                        layer_template=str(header["layer_template"]), report=dict(header.get("report", {})))
 
 
-def _check_scorer(scorer: PaperScorer | TunedScorer, d: int, where: Path) -> None:
-    """Shapes and finiteness of everything the scorer will compute with."""
-    numbers = [scorer.threshold]
-    if isinstance(scorer, TunedScorer):
-        v, k, c = len(scorer.views), len(scorer.layers), len(scorer.categories)
-        unknown = [view for view in scorer.views if view not in VIEWS]
-        if unknown:
-            raise ArtifactError(f"{where}: unknown views {unknown}; this latent-guardrail knows {list(VIEWS)}")
-        shapes = {"tuned.directions": (scorer.directions, (v, k, d)),
-                  "tuned.midpoints": (scorer.midpoints, (v, k, d)),
-                  "tuned.category_directions": (scorer.category_directions, (c, v, k, d)),
-                  "tuned.category_midpoints": (scorer.category_midpoints, (c, v, k, d)),
-                  "tuned.category_calibration": (scorer.category_calibration, (c, 2))}
-        for name, (value, shape) in shapes.items():
-            if tuple(value.shape) != shape:
-                raise ArtifactError(f"tensor {name!r} has shape {tuple(value.shape)}, expected {shape}")
-        numbers += list(scorer.calibration)
-    if not all(math.isfinite(x) for x in numbers):
-        raise ArtifactError(f"{where}: the scorer's threshold or calibration is not a finite number")
+def _check_rules(header: dict[str, Any], where: Path) -> None:
+    """The position rule and the view specs the guard was fitted with are the ones this version applies.
+
+    Headers written before the views were stored (no ``views`` key) are read with today's specs.
+    """
+    rule = header.get("position_rule", POSITION_RULE)
+    if rule != POSITION_RULE:
+        raise ArtifactError(f"{where}: the guard was fitted with the position rule {rule!r}; this latent-guardrail "
+                            f"applies {POSITION_RULE!r} — recalibrate")
+    specs = header.get("views")
+    if specs is None:
+        return
+    if not isinstance(specs, list) or not all(isinstance(spec, dict) for spec in specs):
+        raise ArtifactError(f"{where}: 'views' must be a list of view specs")
+    for spec in specs:
+        try:
+            known = get_view(spec.get("name"))
+        except ValueError as exc:
+            raise ArtifactError(f"{where}: {exc}") from exc
+        if spec != known.spec():
+            raise ArtifactError(f"{where}: the view {known.name!r} was fitted as {spec}; this latent-guardrail "
+                                f"reads it as {known.spec()} — recalibrate")
 
 
 def check_fingerprint(fitted: FittedGuard, actual_parts: dict[str, str], where: str = "") -> None:

@@ -23,16 +23,7 @@ from typing import Any
 
 import torch
 
-from .centroids import (
-    Centroids,
-    PaperScorer,
-    TunedOptions,
-    TunedScorer,
-    fit_centroids,
-    fit_paper,
-    fit_tuned,
-    scorer_from_artifact,
-)
+from .centroids import Centroids, Scorer, TunedOptions, fit_centroids, fit_paper, fit_tuned
 from .datasets import PromptRecord
 from .distributed import LocalWorkers, Workers
 from .errors import CalibrationError, InputError
@@ -41,7 +32,9 @@ from .hosts import Host
 from .layers import decoder_blocks, guess_layer_template
 from .positions import Prompt, PromptEncoding, encode_batch
 from .refusal import Judge, PhraseJudge
+from .scorers import scorer_from_artifact
 from .settings import CalibrationSettings, GuardSettings
+from .views import select_views
 
 __all__ = ["FittedGuard", "calibrate", "REFUSAL_PREFILL", "COMPLIANCE_PREFILL", "as_prompt_list"]
 
@@ -176,19 +169,21 @@ def _calibrate(
         report["selection_used"] = "label"
 
     views = ("t_inst", "content_mean")
+    read_views = (*views, "t_post_inst")
     states = workers.extract_states(host.model, enc_h + enc_b, all_layers,
-                                    pad_token_id=host.tokenizer.pad_token_id, which=(*views, "t_post_inst"),
+                                    pad_token_id=host.tokenizer.pad_token_id, views=read_views,
                                     batch_size=cal.batch_size, layer_template=guard.layer_template,
                                     progress="reading hidden states" if progress else False)
-    read, post = states[:, :2].double(), states[:, 2].double()  # (n, views, layers, d), (n, layers, d)
-    inst = read[:, 0]
+    read = select_views(states, read_views, views).double()                      # (n, views, layers, d)
+    post = select_views(states, read_views, ["t_post_inst"])[:, 0].double()        # (n, layers, d)
+    inst = select_views(states, read_views, ["t_inst"])[:, 0].double()             # (n, layers, d)
     idx_h = [i for i, keep in enumerate(keep_h) if keep]
     idx_b = [len(enc_h) + i for i, keep in enumerate(keep_b) if keep]
     if len(idx_h) < 2 or len(idx_b) < 2:
         raise CalibrationError(f"after selection only {len(idx_h)} harmful and {len(idx_b)} harmless prompts remain")
     cats_kept = [harmful_cats[i] for i in idx_h]
     centroids = fit_centroids(inst[idx_h], inst[idx_b], all_layers, cats_kept)
-    scorer: PaperScorer | TunedScorer
+    scorer: Scorer
     if cal.mode == "paper":
         scorer = fit_paper(centroids, 0.0 if cal.threshold is None else cal.threshold)
     else:
@@ -228,7 +223,7 @@ def _refusal_direction(host: Host, post: torch.Tensor, refused: list[bool] | Non
                               for text in (REFUSAL_PREFILL, COMPLIANCE_PREFILL))
     prefilled = [_with_prefill(e, refuse_ids) for e in subset] + [_with_prefill(e, comply_ids) for e in subset]
     states = workers.extract_states(host.model, prefilled, layers, pad_token_id=host.tokenizer.pad_token_id,
-                                    which=("t_post_inst",), batch_size=cal.batch_size,
+                                    views=("t_post_inst",), batch_size=cal.batch_size,
                                     layer_template=guard.layer_template,
                                     progress="refusal direction" if progress else False)[:, 0].double()
     n = len(subset)

@@ -10,6 +10,7 @@ each prompt at each layer the scorer reads, in the order of ``scorer.layers``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ import torch
 
 from .errors import CalibrationError, NumericalError
 from .metrics import auroc, threshold_at_fpr
+from .views import VIEWS
 
 __all__ = [
     "Centroids",
@@ -31,7 +33,6 @@ __all__ = [
     "fit_centroids",
     "fit_paper",
     "fit_tuned",
-    "scorer_from_artifact",
 ]
 
 _F64 = torch.float64
@@ -47,9 +48,15 @@ class ScoreOutput:
 
 
 class Scorer(Protocol):
-    """A fitted scoring rule: reads states at ``layers`` and returns scores (higher = more harmful)."""
+    """A fitted scoring rule: reads states at ``layers`` and returns scores (higher = more harmful).
+
+    ``mode`` is its key in :data:`latent_guardrail.scorers.SCORERS`; its own tensors are named
+    ``tensor_prefix + <name>`` in an artifact. ``from_tensors(config(), to_tensors(), centroids)`` rebuilds an
+    equal scorer; :meth:`validate` raises ``ValueError`` when its tensors do not fit a host of that width.
+    """
 
     mode: str
+    tensor_prefix: str
     layers: tuple[int, ...]
     views: tuple[str, ...]
     categories: tuple[str, ...]
@@ -60,6 +67,17 @@ class Scorer(Protocol):
     def to_tensors(self) -> dict[str, torch.Tensor]: ...
 
     def config(self) -> dict[str, Any]: ...
+
+    def validate(self, hidden_size: int) -> None: ...
+
+    @classmethod
+    def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                     centroids: Centroids) -> Scorer: ...
+
+
+def _check_finite(numbers: Sequence[float]) -> None:
+    if not all(math.isfinite(x) for x in numbers):
+        raise ValueError("the scorer's threshold or calibration is not a finite number")
 
 
 def _check_states(states: torch.Tensor, layers: int, views: Sequence[str] | None = None) -> torch.Tensor:
@@ -144,6 +162,7 @@ class PaperScorer:
     """
 
     mode = "paper"
+    tensor_prefix = "paper."
     views: tuple[str, ...] = ("t_inst",)
 
     def __init__(self, centroids: Centroids, threshold: float = 0.0) -> None:
@@ -168,6 +187,18 @@ class PaperScorer:
     def config(self) -> dict[str, Any]:
         return {"mode": self.mode, "layers": list(self.layers), "threshold": self.threshold,
                 "categories": list(self.categories)}
+
+    def validate(self, hidden_size: int) -> None:
+        """The centroids have the host's width and the threshold is finite (ValueError otherwise)."""
+        if self.centroids.harmful.shape[-1] != hidden_size:
+            raise ValueError(f"centroids have width {self.centroids.harmful.shape[-1]}, expected {hidden_size}")
+        _check_finite([self.threshold])
+
+    @classmethod
+    def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                     centroids: Centroids) -> PaperScorer:
+        """The paper scorer of ``config()`` on the stored centroids (it has no tensors of its own)."""
+        return cls(centroids, float(config["threshold"]))
 
 
 # ----------------------------------------------------------------------------------------- tuned mode
@@ -289,6 +320,7 @@ class TunedScorer:
     """
 
     mode = "tuned"
+    tensor_prefix = "tuned."
 
     def __init__(self, layers: Sequence[int], directions: torch.Tensor, midpoints: torch.Tensor,
                  calibration: tuple[float, float], threshold: float,
@@ -326,18 +358,48 @@ class TunedScorer:
         return ScoreOutput(per_layer.mean(-1), per_layer, cats)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
+        p = self.tensor_prefix
         return {
-            "tuned.directions": self.directions.float(),
-            "tuned.midpoints": self.midpoints.float(),
-            "tuned.category_directions": self.category_directions.float(),
-            "tuned.category_midpoints": self.category_midpoints.float(),
-            "tuned.category_calibration": self.category_calibration.float(),
+            f"{p}directions": self.directions.float(),
+            f"{p}midpoints": self.midpoints.float(),
+            f"{p}category_directions": self.category_directions.float(),
+            f"{p}category_midpoints": self.category_midpoints.float(),
+            f"{p}category_calibration": self.category_calibration.float(),
         }
 
     def config(self) -> dict[str, Any]:
         return {"mode": self.mode, "layers": list(self.layers), "views": list(self.views),
                 "threshold": self.threshold, "categories": list(self.categories),
                 "calibration": list(self.calibration), "shrinkage": self.shrinkage}
+
+    def validate(self, hidden_size: int) -> None:
+        """Every tensor has the shape its views, layers, categories and ``hidden_size`` imply (ValueError)."""
+        unknown = [view for view in self.views if view not in VIEWS]
+        if unknown:
+            raise ValueError(f"unknown views {unknown}; this latent-guardrail knows {list(VIEWS)}")
+        v, k, c, d = len(self.views), len(self.layers), len(self.categories), hidden_size
+        shapes = {"directions": (self.directions, (v, k, d)), "midpoints": (self.midpoints, (v, k, d)),
+                  "category_directions": (self.category_directions, (c, v, k, d)),
+                  "category_midpoints": (self.category_midpoints, (c, v, k, d)),
+                  "category_calibration": (self.category_calibration, (c, 2))}
+        for name, (value, shape) in shapes.items():
+            if tuple(value.shape) != shape:
+                raise ValueError(f"tensor {self.tensor_prefix + name!r} has shape {tuple(value.shape)}, "
+                                 f"expected {shape}")
+        _check_finite([self.threshold, *self.calibration])
+
+    @classmethod
+    def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                     centroids: Centroids) -> TunedScorer:
+        """The tuned scorer of ``config()`` and ``to_tensors()``."""
+        p = cls.tensor_prefix
+        return cls(
+            config["layers"], tensors[f"{p}directions"], tensors[f"{p}midpoints"],
+            tuple(config["calibration"]), float(config["threshold"]), config.get("categories", []),
+            tensors[f"{p}category_directions"], tensors[f"{p}category_midpoints"],
+            tensors[f"{p}category_calibration"], shrinkage=float(config.get("shrinkage", 0.5)),
+            views=config.get("views", ["t_inst"]),
+        )
 
 
 def fit_paper(centroids: Centroids, threshold: float = 0.0) -> PaperScorer:
@@ -470,20 +532,3 @@ def fit_tuned(harmful: torch.Tensor, harmless: torch.Tensor, layers: Sequence[in
         "heldout_pass_rate": float((logit_neg < threshold).mean()),
     }
     return scorer, report
-
-
-def scorer_from_artifact(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-                         centroids: Centroids) -> PaperScorer | TunedScorer:
-    """Rebuild a scorer from its ``config()`` and ``to_tensors()`` (plus the stored centroids)."""
-    mode = config.get("mode")
-    if mode == "paper":
-        return PaperScorer(centroids, float(config["threshold"]))
-    if mode == "tuned":
-        return TunedScorer(
-            config["layers"], tensors["tuned.directions"], tensors["tuned.midpoints"],
-            tuple(config["calibration"]), float(config["threshold"]), config.get("categories", []),
-            tensors["tuned.category_directions"], tensors["tuned.category_midpoints"],
-            tensors["tuned.category_calibration"], shrinkage=float(config.get("shrinkage", 0.5)),
-            views=config.get("views", ["t_inst"]),
-        )
-    raise ValueError(f"unknown scoring mode {mode!r}: expected 'paper' or 'tuned'")

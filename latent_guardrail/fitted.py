@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .centroids import Centroids, PaperScorer, TunedScorer
+from .centroids import Centroids, Scorer
 from .fingerprint import combine_fingerprint
 from .settings import GuardSettings
 
@@ -21,7 +21,7 @@ class FittedGuard:
     ``centroids`` cover every residual layer ``0..num_blocks``; ``refusal_direction`` is ``(layers, d)``.
     """
 
-    scorer: PaperScorer | TunedScorer
+    scorer: Scorer
     centroids: Centroids
     refusal_direction: torch.Tensor | None
     refusal_source: str | None

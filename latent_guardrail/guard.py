@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -34,15 +33,18 @@ from .errors import ArtifactError, InputError, LayerError, NumericalError
 from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
+from .policy import Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
 from .verdict import Verdict
+from .views import View
 
 __all__ = ["LatentGuard", "DEFAULT_GUARD"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GUARD = "default"
+_THRESHOLD_POLICY = ThresholdPolicy()
 _DEFAULT_GUARD_VERSION = "1"
 
 
@@ -161,6 +163,11 @@ class LatentGuard:
         return self.fitted.scorer.mode
 
     @property
+    def policy(self) -> Policy:
+        """The decision rule applied to the scores (today the single fitted threshold)."""
+        return _THRESHOLD_POLICY
+
+    @property
     def threshold(self) -> float:
         """The score at or above which a prompt is harmful."""
         if self.settings.threshold is not None:
@@ -211,15 +218,15 @@ class LatentGuard:
         return self.fitted.scorer.views
 
     def states(self, encodings: Sequence[PromptEncoding], layers: Sequence[int] | None = None,
-               which: Sequence[str] | None = None, progress: bool | str = False) -> torch.Tensor:
-        """Residual states ``(n, len(which), len(layers), d)`` (float32) of encoded prompts.
+               views: Sequence[str | View] | None = None, progress: bool | str = False) -> torch.Tensor:
+        """Residual states ``(n, len(views), len(layers), d)`` (float32) of encoded prompts.
 
         Defaults: the scorer's layers and views (what a check reads).
         """
         with self.host.lock:
             return extract_states(self.host.model, encodings, self.layers if layers is None else layers,
                                   pad_token_id=self.host.tokenizer.pad_token_id,
-                                  which=self.views if which is None else which,
+                                  views=self.views if views is None else views,
                                   batch_size=self.settings.batch_size, layer_template=self.fitted.layer_template,
                                   progress=progress)
 
@@ -236,11 +243,10 @@ class LatentGuard:
                 continue
             score = float(out.score[row])
             cat_scores = {name: float(out.category_scores[row, c]) for c, name in enumerate(self.categories)}
-            harmful = score >= threshold
-            category = max(cat_scores, key=lambda k: cat_scores[k]) if harmful and cat_scores else None
+            decision = self.policy.decide(Scores(score, threshold, cat_scores))
             verdicts.append(Verdict(
-                harmful=harmful, score=score, threshold=threshold, mode=self.mode, category=category,
-                category_scores=cat_scores,
+                harmful=decision.harmful, score=score, threshold=threshold, mode=self.mode,
+                category=decision.category, category_scores=cat_scores, decided_by=decision.decided_by,
                 layer_scores={layer: float(out.layer_scores[row, i]) for i, layer in enumerate(self.layers)},
                 layers=self.layers, views=self.views, t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst,
                 num_tokens=len(encoding.input_ids), truncated=encoding.truncated, sanitized=encoding.sanitized,
@@ -318,29 +324,15 @@ class LatentGuard:
         ``non_finite_states`` or ``internal_error:<ExceptionType>``); the verdict is built fresh each time (never
         cached).
         """
-        reason = "non_finite_states" if isinstance(exc, NumericalError) else f"internal_error:{type(exc).__name__}"
-        logger.error("latent guard failure (%s): %s", reason, exc, extra={"reason": reason})
-        if self.settings.on_error == "raise":
-            raise exc
-        block = self.settings.on_error == "block"
-        return Verdict.from_failure(reason, block=block, mode=self.mode,
-                                    threshold=self.threshold if math.isfinite(self.threshold) else 0.0,
-                                    fingerprint=self.fingerprint)
+        return failure_verdict(exc, self.settings.on_error, mode=self.mode, threshold=self.threshold,
+                               fingerprint=self.fingerprint)
 
     def overflow_verdict(self, encoding: PromptEncoding) -> Verdict:
         """The blocking verdict for a prompt cut to fit ``max_chars``/``max_tokens`` when ``on_overflow="block"``.
 
         ``status="error"``, ``error="input_too_long"``, ``truncated=True``; logged like every failure.
         """
-        reason = "input_too_long"
-        logger.warning("latent guard blocked an over-long prompt (%s): %d tokens after the cut", reason,
-                       len(encoding.input_ids), extra={"reason": reason})
-        verdict = Verdict.from_failure(reason, block=True, mode=self.mode,
-                                       threshold=self.threshold if math.isfinite(self.threshold) else 0.0,
-                                       fingerprint=self.fingerprint)
-        return verdict.model_copy(update={"truncated": True, "sanitized": encoding.sanitized,
-                                          "num_tokens": len(encoding.input_ids), "t_inst": encoding.t_inst,
-                                          "t_post_inst": encoding.t_post_inst})
+        return overflow_verdict(encoding, mode=self.mode, threshold=self.threshold, fingerprint=self.fingerprint)
 
     def __repr__(self) -> str:
         return (f"LatentGuard(host={self.host.name!r}, mode={self.mode!r}, layers={list(self.layers)}, "

@@ -9,7 +9,7 @@ LangChain) only translate it; they never build their own.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,9 +21,10 @@ VerdictStatus = Literal["ok", "error"]
 class Verdict(BaseModel):
     """The guard's judgement of one prompt.
 
-    ``harmful`` is ``score >= threshold`` for a normal verdict (``status == "ok"``). A verdict
-    produced by the failure policy (``status == "error"``) carries the reason code in ``error``
-    and blocks or allows as the policy says; its score only encodes that decision.
+    ``harmful`` is the decision of the guard's policy; ``decided_by`` names the rule that made it
+    (``"threshold"``: ``harmful == (score >= threshold)``). A verdict produced by the failure policy
+    (``status == "error"``, ``decided_by == "failure"``) carries the reason code in ``error`` and blocks
+    or allows as the policy says; its score only encodes that decision.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -43,20 +44,34 @@ class Verdict(BaseModel):
     truncated: bool = Field(default=False, description="The instruction was cut from the left to fit.")
     sanitized: bool = Field(default=False, description="Special-token text in the input was neutralised.")
     fingerprint: str = Field(default="", description="Fingerprint of host model, tokenizer, template, system prompt.")
+    decided_by: str = Field(default="threshold",
+                            description="The rule that decided: 'threshold' (score >= threshold) or 'failure' "
+                                        "(the default when status is 'error').")
     status: VerdictStatus = Field(default="ok", description="'ok', or 'error' when the failure policy decided.")
     error: str | None = Field(default=None, description="Reason code of the failure when status == 'error'.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_rule(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "decided_by" not in data and data.get("status") == "error":
+            return {**data, "decided_by": "failure"}
+        return data
 
     @model_validator(mode="after")
     def _check_invariants(self) -> Verdict:
         if self.status == "ok":
             if not (math.isfinite(self.score) and math.isfinite(self.threshold)):
                 raise ValueError("an 'ok' verdict needs a finite score and threshold")
-            if self.harmful != (self.score >= self.threshold):
-                raise ValueError("an 'ok' verdict must have harmful == (score >= threshold)")
+            if self.decided_by == "threshold" and self.harmful != (self.score >= self.threshold):
+                raise ValueError("a verdict decided by the threshold must have harmful == (score >= threshold)")
+            if self.decided_by == "failure":
+                raise ValueError("an 'ok' verdict is not decided by the failure policy")
             if self.error is not None:
                 raise ValueError("an 'ok' verdict carries no error")
         elif self.error is None:
             raise ValueError("an 'error' verdict needs a reason code in `error`")
+        elif self.decided_by != "failure":
+            raise ValueError("an 'error' verdict is decided by the failure policy (decided_by='failure')")
         return self
 
     @property
@@ -73,7 +88,7 @@ class Verdict(BaseModel):
         and ``harmful == (score >= threshold)`` still holds); it measures nothing — read ``status``.
         """
         return cls(harmful=block, score=threshold + (1.0 if block else -1.0), threshold=threshold, mode=mode,
-                   fingerprint=fingerprint, status="error", error=reason)
+                   fingerprint=fingerprint, status="error", error=reason, decided_by="failure")
 
     def summary(self) -> str:
         """One line for logs and the CLI."""

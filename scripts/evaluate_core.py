@@ -58,7 +58,7 @@ def main() -> None:
         started = time.perf_counter()
         encodings = encode_batch(host.tokenizer, prompts)
         states[name] = extract_states(host.model, encodings, layers, pad_token_id=host.tokenizer.pad_token_id,
-                                      which=VIEWS, batch_size=16, progress=name).double()
+                                      views=VIEWS, batch_size=16, progress=name).double()
         print(f"{name}: {len(prompts)} prompts, {time.perf_counter() - started:.0f}s", flush=True)
 
     harmful_sets = {"advbench_rest", "xstest_unsafe"}

@@ -132,7 +132,7 @@ def test_threads_do_not_see_each_others_states(host):
 def test_content_mean_is_the_mean_over_the_users_tokens(host):
     encodings = encode_batch(host.tokenizer, [HARMFUL[0], HARMLESS[3] + " with a longer tail of words"])
     got = extract_states(host.model, encodings, [0, 2], pad_token_id=host.tokenizer.pad_token_id,
-                         which=("content_mean", "t_inst"), stop_early=False)
+                         views=("content_mean", "t_inst"), stop_early=False)
     for row, encoding in enumerate(encodings):
         ids = torch.tensor([encoding.input_ids])
         with torch.no_grad():
@@ -147,4 +147,4 @@ def test_content_mean_is_the_mean_over_the_users_tokens(host):
 def test_unknown_view_is_rejected(host):
     encodings = encode_batch(host.tokenizer, [HARMFUL[0]])
     with pytest.raises(ValueError, match="content_mean"):
-        extract_states(host.model, encodings, [0], pad_token_id=0, which=("middle",))
+        extract_states(host.model, encodings, [0], pad_token_id=0, views=("middle",))

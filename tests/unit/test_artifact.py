@@ -377,3 +377,30 @@ def test_system_prompt_added_at_load_is_refused(saved: dict[str, Path], tiny_hos
     with pytest.raises((InputError, FingerprintMismatchError), match=r"system prompt|system_prompt"):
         LatentGuard.load(saved["paper"], tiny_host, settings=GuardSettings(system_prompt="Be nice."),
                          progress=False)
+
+
+def test_the_header_stores_the_specs_of_the_views_read(saved: dict[str, Path]) -> None:
+    header = json.loads((saved["tuned"] / "guard.json").read_text(encoding="utf-8"))
+    assert [spec["name"] for spec in header["views"]] == header["scorer"]["views"]
+    assert all(set(spec) == {"name", "kind", "rule"} for spec in header["views"])
+
+
+@pytest.mark.parametrize("edit", [
+    lambda h: h["views"][0].update(rule="the first token"),
+    lambda h: h["views"][0].update(kind="span"),
+    lambda h: h["views"].append({"name": "every_comma", "kind": "point", "rule": "?"}),
+    lambda h: h.update(views="t_inst"),
+    lambda h: h.update(position_rule="t_inst = the first token"),
+], ids=["rule", "kind", "unknown-view", "not-a-list", "position-rule"])
+def test_a_guard_fitted_with_other_view_rules_is_refused(edit: Callable[[dict[str, Any]], None],
+                                                          copy_of: Callable[[str], Path]) -> None:
+    folder = copy_of("tuned")
+    _edit_header(folder, edit)
+    with pytest.raises(ArtifactError, match=r"recalibrate|views?"):
+        load_fitted(folder)
+
+
+def test_a_header_without_view_specs_is_read_with_todays_rules(copy_of: Callable[[str], Path]) -> None:
+    folder = copy_of("tuned")
+    _edit_header(folder, lambda h: h.pop("views"))
+    assert load_fitted(folder).scorer.views

@@ -12,10 +12,10 @@ from latent_guardrail.centroids import (
     fit_centroids,
     fit_paper,
     fit_tuned,
-    scorer_from_artifact,
 )
 from latent_guardrail.errors import CalibrationError, NumericalError
 from latent_guardrail.metrics import auroc, balanced_accuracy, threshold_at_fpr
+from latent_guardrail.scorers import scorer_from_artifact
 
 
 def _blobs(n: int, layers: int, d: int, shift: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,11 +15,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latent_guardrail.activations import run_capture, view_slots
+from latent_guardrail.activations import run_capture
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
 from latent_guardrail.positions import PromptEncoding, pad_batch
 from latent_guardrail.verdict import Verdict
+from latent_guardrail.views import ViewLayout
 from tests.support.models import HARMFUL, HARMLESS, make_host
 
 EXACT = 1e-5
@@ -51,14 +52,12 @@ def alone(guards: dict[str, LatentGuard]) -> dict[str, list[Verdict]]:
 def padded_states(guard: LatentGuard, encodings: list[PromptEncoding], side: str) -> torch.Tensor:
     """States ``(n, views, layers, d)`` of one padded batch, padded on ``side`` (the guard itself pads left)."""
     batch = pad_batch(encodings, guard.host.tokenizer.pad_token_id, side=side)  # type: ignore[arg-type]
-    points, pooled, order = view_slots(guard.views)
-    positions = torch.stack([getattr(batch, name) for name in points], dim=1)
-    spans = torch.stack([torch.stack([batch.t_content_start, batch.t_inst], dim=-1) for _ in pooled], dim=1) \
-        if pooled else None
+    layout = ViewLayout.of(guard.views)
+    positions, spans = layout.locate(batch)
     with guard.host.lock:
         result = run_capture(guard.host.model, batch.input_ids, batch.attention_mask, guard.layers, positions,
                              layer_template=guard.fitted.layer_template, spans=spans)
-    return result.stacked()[:, order]
+    return result.stacked()[:, list(layout.order)]
 
 
 @pytest.mark.parametrize("mode", MODES)

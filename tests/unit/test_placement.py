@@ -62,7 +62,7 @@ def guard(saved: Path) -> LatentGuard:
 def _reference(host: Host, layers: list[int]) -> torch.Tensor:
     encodings = encode_batch(host.tokenizer, PROMPTS)
     return extract_states(host.model, encodings, layers, pad_token_id=host.tokenizer.pad_token_id,
-                          which=("t_inst", "content_mean"), batch_size=4)
+                          views=("t_inst", "content_mean"), batch_size=4)
 
 
 # ---------------------------------------------------------------------------------------------- offloading
@@ -76,7 +76,7 @@ def test_disk_and_cpu_offloaded_host_reads_exactly_the_plain_states(plain: Host,
     for layers in ([0, 1, 2, 3, 4], [1, 2]):  # all layers, and early exit after an offloaded block
         encodings = encode_batch(host.tokenizer, PROMPTS)
         states = extract_states(model, encodings, layers, pad_token_id=host.tokenizer.pad_token_id,
-                                which=("t_inst", "content_mean"), batch_size=4)
+                                views=("t_inst", "content_mean"), batch_size=4)
         assert states.dtype == torch.float32 and states.device.type == "cpu"
         assert torch.equal(states, _reference(plain, layers))
     assert hook_ids(model) == before
@@ -90,7 +90,7 @@ def test_cpu_offload_hook_on_the_whole_model_reads_the_same_states(plain: Host) 
     assert execution_device(model) == torch.device("cpu")
     encodings = encode_batch(host.tokenizer, PROMPTS)
     states = extract_states(model, encodings, [0, 2, 4], pad_token_id=host.tokenizer.pad_token_id,
-                            which=("t_inst", "content_mean"), batch_size=4)
+                            views=("t_inst", "content_mean"), batch_size=4)
     assert torch.equal(states, _reference(plain, [0, 2, 4]))
 
 
@@ -162,7 +162,7 @@ def test_mixed_dtype_layers_are_read_in_float32_and_scored(mixed: Host, guard: L
     probe = decoder_blocks(mixed.model)[1].register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
     try:
         states = extract_states(mixed.model, encodings, layers, pad_token_id=mixed.tokenizer.pad_token_id,
-                                which=("t_inst", "content_mean"), batch_size=4)
+                                views=("t_inst", "content_mean"), batch_size=4)
     finally:
         probe.remove()
     assert seen and set(seen) == {torch.bfloat16}  # block 1 really received bfloat16 states
