@@ -7,11 +7,12 @@ greedy replies (:func:`latent_guardrail.generation.generate_replies`). Both are 
 process a shard and gathers the results with accelerate's collectives, so every process ends with the same
 full result and fits the same guard.
 
-Exactly the same guard as one process: the prompts are sorted by length and cut into batches exactly as
-one process would cut them, and whole batches are dealt round-robin to the processes (rank ``r`` gets
-batches ``r, r + W, r + 2W …``, which also balances their lengths). Every batch therefore holds the same
-prompts with the same padding as in a single-process run, and the gathered states are put back in input
-order before anything is fitted.
+Exactly the same guard as one process, by construction: the batches come from the one planner
+(:func:`latent_guardrail.batching.plan_batches`, which the single-process loops use too) and whole batches are
+dealt round-robin to the processes (:func:`latent_guardrail.batching.split_plan`: rank ``r`` gets batches
+``r, r + W, r + 2W …``, which also balances their lengths). Every batch therefore holds the same prompts with
+the same padding as in a single-process run, and the gathered states are put back in input order before
+anything is fitted.
 
 Failures: every collective names what it was doing; when another process dies (out of memory, killed) the
 survivors raise :class:`DistributedError` instead of a bare backend error, and nothing is saved, since
@@ -34,22 +35,31 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import extract_states
+from .batching import split_plan
 from .errors import LatentGuardError
 from .generation import generate_replies
+from .hosts import Host
 from .positions import Prompt, PromptEncoding
+from .settings import GuardSettings
+from .verdict import Verdict
+from .views import View, view_names
 
-if TYPE_CHECKING:  # typing only: the guard sits above this module
-    from .guard import LatentGuard
-    from .verdict import Verdict
-
-__all__ = ["DataParallel", "DistributedError", "LocalWorkers", "Workers", "batch_plan", "launched_world_size"]
+__all__ = [
+    "CheckableGuard",
+    "DataParallel",
+    "DistributedError",
+    "LocalWorkers",
+    "Workers",
+    "batch_plan",
+    "launched_world_size",
+]
 
 _T = TypeVar("_T")
 _GATHER_BYTES = 64 << 20
@@ -69,9 +79,9 @@ class Workers(Protocol):
         ...
 
     def extract_states(self, model: nn.Module, encodings: Sequence[PromptEncoding], layers: Sequence[int], *,
-                       pad_token_id: int, which: Sequence[str] = ("t_inst",), batch_size: int = 16,
+                       pad_token_id: int, views: Sequence[str | View] = ("t_inst",), batch_size: int = 16,
                        layer_template: str | None = None, progress: bool | str = False) -> torch.Tensor:
-        """States ``(n_prompts, len(which), len(layers), d_model)`` float32 on the CPU, in input order."""
+        """States ``(n_prompts, len(views), len(layers), d_model)`` float32 on the CPU, in input order."""
         ...
 
     def generate_replies(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -90,10 +100,10 @@ class LocalWorkers:
         return True
 
     def extract_states(self, model: nn.Module, encodings: Sequence[PromptEncoding], layers: Sequence[int], *,
-                       pad_token_id: int, which: Sequence[str] = ("t_inst",), batch_size: int = 16,
+                       pad_token_id: int, views: Sequence[str | View] = ("t_inst",), batch_size: int = 16,
                        layer_template: str | None = None, progress: bool | str = False) -> torch.Tensor:
-        """See :func:`latent_guardrail.activations.extract_states`: ``(n, len(which), len(layers), d)``."""
-        return extract_states(model, encodings, layers, pad_token_id=pad_token_id, which=which,
+        """See :func:`latent_guardrail.activations.extract_states`: ``(n, len(views), len(layers), d)``."""
+        return extract_states(model, encodings, layers, pad_token_id=pad_token_id, views=views,
                               batch_size=batch_size, layer_template=layer_template, progress=progress)
 
     def generate_replies(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -114,16 +124,64 @@ def launched_world_size() -> int:
 
 
 def batch_plan(lengths: Sequence[int], batch_size: int, world_size: int) -> list[list[int]]:
-    """Prompt indices each process reads, in the order it reads them.
+    """Prompt indices each process reads, in the order it reads them: :func:`latent_guardrail.batching.split_plan`.
 
-    The batches are the ones a single process cuts (prompts sorted by length, stable, ``batch_size`` each);
-    batch ``b`` goes to process ``b % world_size``. Returns one list per process (possibly empty).
+    Kept under this name for callers of earlier releases.
+
+    Raises:
+        ValueError: ``batch_size`` or ``world_size`` below 1.
     """
-    if batch_size < 1 or world_size < 1:
-        raise ValueError("batch_size and world_size must be >= 1")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    return [[index for chunk in chunks[rank::world_size] for index in chunk] for rank in range(world_size)]
+    return split_plan(lengths, batch_size, world_size)
+
+
+class _LayerTemplate(Protocol):
+    """The part of a fitted guard that locates its decoder blocks."""
+
+    @property
+    def layer_template(self) -> str | None:
+        """Attribute path of the decoder blocks (None: found by shape)."""
+        ...
+
+
+@runtime_checkable
+class CheckableGuard(Protocol):
+    """What :meth:`DataParallel.check_batch` reads of a guard (:class:`~latent_guardrail.LatentGuard` is one).
+
+    A structural type, so this module needs nothing from the guard's module (which sits above it).
+    """
+
+    @property
+    def host(self) -> Host:
+        """The host model the guard reads."""
+        ...
+
+    @property
+    def settings(self) -> GuardSettings:
+        """The guard's settings (``batch_size`` is read)."""
+        ...
+
+    @property
+    def fitted(self) -> _LayerTemplate:
+        """The fitted guard (``layer_template`` is read)."""
+        ...
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Residual layers the scorer reads."""
+        ...
+
+    @property
+    def views(self) -> Sequence[str | View]:
+        """What the scorer reads at each layer (:mod:`latent_guardrail.views`)."""
+        ...
+
+    def encode(self, prompt: Prompt) -> PromptEncoding:
+        """Render and tokenize one prompt as the guard checks it."""
+        ...
+
+    def verdicts_from_states(self, encodings: Sequence[PromptEncoding], states: torch.Tensor) -> list[Verdict]:
+        """Verdicts from states ``(n, len(views), len(layers), d)`` of ``encodings``."""
+        ...
 
 
 def _digest(encodings: Sequence[PromptEncoding], *extra: object) -> str:
@@ -251,21 +309,23 @@ class DataParallel:
 
     # ------------------------------------------------------------------ the Workers strategy
     def extract_states(self, model: nn.Module, encodings: Sequence[PromptEncoding], layers: Sequence[int], *,
-                       pad_token_id: int, which: Sequence[str] = ("t_inst",), batch_size: int = 16,
+                       pad_token_id: int, views: Sequence[str | View] = ("t_inst",), batch_size: int = 16,
                        layer_template: str | None = None, progress: bool | str = False) -> torch.Tensor:
-        """Each process reads its batches (:func:`batch_plan`); all get ``(n, len(which), len(layers), d)``.
+        """Each process reads its batches (:func:`~latent_guardrail.batching.split_plan`); all get the states.
+
+        Returns ``(n, len(views), len(layers), d)`` float32 on the CPU, in input order.
 
         Raises:
             DistributedError: a process died or hung, or the processes were given different prompts.
         """
         if self.world_size == 1:
-            return LocalWorkers().extract_states(model, encodings, layers, pad_token_id=pad_token_id, which=which,
+            return LocalWorkers().extract_states(model, encodings, layers, pad_token_id=pad_token_id, views=views,
                                                  batch_size=batch_size, layer_template=layer_template,
                                                  progress=progress)
-        self._check_same(encodings, "reading hidden states", tuple(layers), tuple(which), batch_size, pad_token_id)
-        plan = batch_plan([len(e.input_ids) for e in encodings], batch_size, self.world_size)
+        self._check_same(encodings, "reading hidden states", tuple(layers), view_names(views), batch_size, pad_token_id)
+        plan = split_plan([len(e.input_ids) for e in encodings], batch_size, self.world_size)
         mine = plan[self.rank]
-        local = extract_states(model, [encodings[i] for i in mine], layers, pad_token_id=pad_token_id, which=which,
+        local = extract_states(model, [encodings[i] for i in mine], layers, pad_token_id=pad_token_id, views=views,
                                batch_size=batch_size, layer_template=layer_template,
                                progress=progress if self.is_main else False) if mine else None
         shapes = self.gather_objects(None if local is None else tuple(local.shape[1:]), "sharing state shapes")
@@ -290,7 +350,7 @@ class DataParallel:
             return LocalWorkers().generate_replies(model, tokenizer, encodings, max_new_tokens=max_new_tokens,
                                                    batch_size=batch_size, progress=progress)
         self._check_same(encodings, "generating replies", max_new_tokens, batch_size)
-        plan = batch_plan([len(e.input_ids) for e in encodings], batch_size, self.world_size)
+        plan = split_plan([len(e.input_ids) for e in encodings], batch_size, self.world_size)
         mine = plan[self.rank]
         local = generate_replies(model, tokenizer, [encodings[i] for i in mine], max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, progress=progress if self.is_main else False) if mine else []
@@ -302,7 +362,8 @@ class DataParallel:
         return out
 
     # ------------------------------------------------------------------ evaluation
-    def check_batch(self, guard: LatentGuard, prompts: Sequence[Prompt], *, progress: bool = False) -> list[Verdict]:
+    def check_batch(self, guard: CheckableGuard, prompts: Sequence[Prompt], *,
+                    progress: bool = False) -> list[Verdict]:
         """:meth:`LatentGuard.check_batch` spread over the processes; every process gets every verdict.
 
         Unlike ``check_batch`` a failure raises (a process died, non-finite states) instead of returning error
@@ -313,7 +374,7 @@ class DataParallel:
             return []
         with guard.host.lock:
             states = self.extract_states(guard.host.model, encodings, guard.layers,
-                                         pad_token_id=guard.host.tokenizer.pad_token_id, which=guard.views,
+                                         pad_token_id=guard.host.tokenizer.pad_token_id, views=guard.views,
                                          batch_size=guard.settings.batch_size,
                                          layer_template=guard.fitted.layer_template, progress=progress)
         return guard.verdicts_from_states(encodings, states)

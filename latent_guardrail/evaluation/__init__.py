@@ -15,12 +15,17 @@ The command line equivalent is ``latent-guardrail eval``.
 
 from .baselines import SELF_CHECK_PROMPT, host_replies, keyword_judge_scores, perplexity_scores, self_check_scores
 from .cache import ResultCache, content_key
+from .registry import BASELINES, Baseline, BaselineRun, BaselineScores, get_baseline
 from .report import markdown_summary, plot_all, summary_rows, write_report
 from .runner import EvalData, EvalReport, EvalResult, EvalSettings, Metrics, RuleReport, SetRate, evaluate, metrics_for
 from .sets import EvalSet, LeakageWarning, find_leaks, load_set, normalize_text, parse_set_spec, sets_from_records
 
 __all__ = [
+    "BASELINES",
     "SELF_CHECK_PROMPT",
+    "Baseline",
+    "BaselineRun",
+    "BaselineScores",
     "EvalData",
     "EvalReport",
     "EvalResult",
@@ -34,6 +39,7 @@ __all__ = [
     "content_key",
     "evaluate",
     "find_leaks",
+    "get_baseline",
     "host_replies",
     "keyword_judge_scores",
     "load_set",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import plan_batches
 from ..errors import InputError
 from ..generation import generate_replies
 from ..hosts import Host
@@ -133,8 +134,7 @@ def _last_logits(host: Host, encodings: Sequence[PromptEncoding], batch_size: in
                  progress: bool | str) -> torch.Tensor:
     """Next-token logits after each prompt, ``(n, vocab)`` float64, batched by length with left padding."""
     pad = host.tokenizer.pad_token_id if host.tokenizer.pad_token_id is not None else host.tokenizer.eos_token_id
-    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].input_ids))
-    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    chunks = plan_batches([len(encoding.input_ids) for encoding in encodings], batch_size)
     out: list[torch.Tensor | None] = [None] * len(encodings)
     label = progress if isinstance(progress, str) else "self-check"
     device = host.device
@@ -176,8 +176,7 @@ def perplexity_scores(host: Host, texts: Sequence[str], *, batch_size: int = 16,
     context = _context(host)
     spans = [_span_ids(host, text, context) for text in texts]
     flat = [(row, ids) for row, pair in enumerate(spans) for ids in pair]
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i][1]))
-    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    chunks = plan_batches([len(ids) for _, ids in flat], batch_size)
     nll = np.zeros(len(flat), dtype=np.float64)
     pad = host.tokenizer.pad_token_id if host.tokenizer.pad_token_id is not None else host.tokenizer.eos_token_id
     device = host.device

@@ -18,8 +18,9 @@ from ..hosts import DEFAULT_MODEL, load_host
 from ..settings import SAFETY_SYSTEM_PROMPT
 from .cache import ResultCache, calibrate_cached
 from .report import summary_rows, write_report
-from .runner import BASELINE_NAMES, EvalSettings, evaluate
+from .runner import evaluate
 from .sets import EvalSet, load_set, parse_set_spec
+from .settings import BASELINE_NAMES, EvalSettings
 
 __all__ = ["eval_command", "parse_calibration_sources"]
 

@@ -5,6 +5,7 @@ t_post-inst), scores each guard from them, runs the chosen baselines on the same
 :class:`EvalResult`: a JSON-able :class:`EvalReport` (per-set rates, overall precision / recall / F1 /
 AUROC / TPR at fixed FPRs and the confusion table per rule) and the per-prompt arrays the plots need.
 Every expensive step is cached by content hash (:class:`~latent_guardrail.evaluation.cache.ResultCache`).
+The baselines come from :data:`~latent_guardrail.evaluation.registry.BASELINES` (one :class:`Baseline` each).
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from ..centroids import cosine_scores, fit_paper
-from ..datasets import read_calibration_sets
 from ..errors import InputError
 from ..guard import LatentGuard
-from ..metrics import auroc, confusion, threshold_at_fpr, tpr_at_fpr
-from ..refusal import REFUSAL_PHRASES, PhraseJudge
-from ..settings import SAFETY_SYSTEM_PROMPT
-from .baselines import SELF_CHECK_PROMPT, host_replies, keyword_judge_scores, perplexity_scores, self_check_scores
+from ..hosts import Host
+from ..metrics import auroc, confusion, tpr_at_fpr
 from .cache import ResultCache, content_key, guard_identity, host_identity
+from .registry import Baseline, BaselineRun, get_baseline
 from .sets import EvalSet, find_leaks
+from .settings import BASELINE_NAMES, BaselineName, EvalSettings
 
 __all__ = [
+    "BASELINE_NAMES",
     "BEHAVIOURS",
     "BaselineName",
     "EvalData",
@@ -46,41 +47,9 @@ __all__ = [
     "paper_variant",
 ]
 
-BaselineName = Literal["keyword", "self_check", "perplexity"]
-BASELINE_NAMES: tuple[BaselineName, ...] = ("keyword", "self_check", "perplexity")
 BEHAVIOURS = ("refused-harmful", "accepted-harmful", "accepted-harmless", "refused-harmless")
 _VIEWS = ("t_inst", "content_mean", "t_post_inst")
 _CHUNK = 64
-
-_BASELINE_TITLES = {
-    "keyword": "keyword judge on the host's answer",
-    "self_check": "prompted self-check (Yes/No log-odds)",
-    "perplexity": "perplexity heuristic (prefix/suffix)",
-}
-
-
-class EvalSettings(BaseModel):
-    """What an evaluation runs and how."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    baselines: tuple[BaselineName, ...] = Field(default=BASELINE_NAMES, description="Baselines run on the host.")
-    max_new_tokens: int = Field(default=32, ge=1, le=4096,
-                                description="Greedy tokens of the host's answer read by the keyword judge.")
-    behaviour_system_prompt: str | None = Field(
-        default=SAFETY_SYSTEM_PROMPT,
-        description="System prompt the host answers under for the keyword judge / behaviour labels "
-                    "(None: no system prompt; most small hosts then refuse nothing).")
-    self_check_prompt: str = Field(default=SELF_CHECK_PROMPT, description="Self-check question with '{text}'.")
-    perplexity_fpr: float = Field(default=0.05, gt=0.0, lt=1.0,
-                                  description="Perplexity threshold: this false-positive rate on the reference "
-                                              "harmless prompts.")
-    fprs: tuple[float, ...] = Field(default=(0.01, 0.05), description="FPRs at which the TPR is reported.")
-    batch_size: int = Field(default=16, ge=1, le=4096, description="Prompts per forward pass.")
-    pca_layer: int | None = Field(default=None, ge=0,
-                                  description="Residual layer of the PCA plots (None: the first guard's middle "
-                                              "layer read, or two thirds of the depth).")
-    progress: bool = Field(default=True, description="Show progress bars.")
 
 
 class SetRate(BaseModel):
@@ -292,7 +261,7 @@ def _guard_groups(guards: Mapping[str, LatentGuard]) -> list[list[str]]:
 
 
 def _guard_pass(guards: Mapping[str, LatentGuard], names: Sequence[str], texts: Sequence[str], pca_layer: int,
-                label: str, progress: bool, batch_size: int) -> dict[str, np.ndarray]:
+                label: str, progress: bool) -> dict[str, np.ndarray]:
     """Scores of ``names`` plus per-layer cosine scores and PCA states, from one read of all layers."""
     first = guards[names[0]]
     num_layers = first.host.num_blocks + 1
@@ -304,7 +273,7 @@ def _guard_pass(guards: Mapping[str, LatentGuard], names: Sequence[str], texts: 
     chunks = [encodings[start:start + _CHUNK] for start in range(0, len(encodings), _CHUNK)]
     for chunk in tqdm(chunks, desc=f"{label}: hidden states", disable=not progress, unit="chunk"):
         with first.host.lock:
-            states = first.states(chunk, layers=layers, which=_VIEWS).double()     # (n, 3, L+1, d)
+            states = first.states(chunk, layers=layers, views=_VIEWS).double()     # (n, 3, L+1, d)
         for name in names:
             guard = guards[name]
             views = [_VIEWS.index(v) for v in guard.views]
@@ -326,6 +295,98 @@ def _default_pca_layer(guards: Mapping[str, LatentGuard]) -> int:
     return round(2 * first.host.num_blocks / 3)
 
 
+def _checked_host(guards: Mapping[str, LatentGuard], sets: Sequence[EvalSet]) -> Host:
+    """The one host of ``guards``, once the inputs are usable.
+
+    Raises:
+        InputError: no guard, no set, duplicate set names, an empty set, or guards on different hosts.
+    """
+    if not guards:
+        raise InputError("evaluate needs at least one guard")
+    if not sets:
+        raise InputError("evaluate needs at least one labelled set")
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise InputError(f"set names must be unique, got {names}")
+    for s in sets:
+        if not s.texts:
+            raise InputError(f"set {s.name!r} is empty; it needs at least one prompt")
+    first = next(iter(guards.values()))
+    for name, guard in guards.items():
+        if guard.host is not first.host and guard.fingerprint != first.fingerprint:
+            raise InputError(f"guard {name!r} runs on another host; evaluate guards of one host together")
+    return first.host
+
+
+def _score_guards(guards: Mapping[str, LatentGuard], sets: Sequence[EvalSet], *, host_id: str, pca_layer: int,
+                  cfg: EvalSettings, store: ResultCache, data: EvalData, truncated: dict[str, dict[str, int]]) -> None:
+    """Every guard's scores on every set (one cached forward pass per set and encoding group), into ``data``."""
+    groups = _guard_groups(guards)
+    identities = {name: guard_identity(guard) for name, guard in guards.items()}
+    for s in sets:
+        for index, group in enumerate(groups):
+            key = content_key("guards", host_id, [(n, identities[n]) for n in group], pca_layer, list(s.texts))
+
+            def read(group: list[str] = group, s: EvalSet = s) -> dict[str, np.ndarray]:
+                return _guard_pass(guards, group, s.texts, pca_layer, s.name, cfg.progress)
+
+            arrays = store.arrays(key, read)
+            for name in group:
+                data.scores.setdefault(name, {})[s.name] = arrays[f"score:{name}"]
+                truncated.setdefault(name, {})[s.name] = int(arrays["truncated"].sum())
+            if index == 0:
+                data.layer_scores[s.name] = arrays["layer_scores"]
+                data.pca_inst[s.name] = arrays["pca_inst"]
+                data.pca_post[s.name] = arrays["pca_post"]
+    for name, guard in guards.items():
+        data.thresholds[name] = guard.threshold
+
+
+def _run_baselines(baselines: Sequence[Baseline], run: BaselineRun, sets: Sequence[EvalSet], data: EvalData,
+                   truncated: dict[str, dict[str, int]]) -> int | None:
+    """Run ``baselines`` in order, into ``data``; returns how many reference prompts set a threshold (or None)."""
+    reference_count: int | None = None
+    for baseline in baselines:
+        found = baseline.run(run, sets)
+        data.scores[baseline.name] = found.scores
+        data.thresholds[baseline.name] = found.threshold
+        data.replies.update(found.replies)
+        data.refused.update(found.refused)
+        truncated[baseline.name] = found.truncated
+        if found.reference_count is not None:
+            reference_count = found.reference_count
+    return reference_count
+
+
+def _guard_description(guard: LatentGuard) -> str:
+    if len(guard.layers) > 1:
+        return f"latent guard, {guard.mode} mode, layers {guard.layers[0]}–{guard.layers[-1]}"
+    return f"latent guard, {guard.mode} mode, layer {guard.layers[0]}"
+
+
+def _behaviour(data: EvalData, sets: Sequence[EvalSet]) -> dict[str, dict[str, int]] | None:
+    """Per set, how often the host refused and accepted (None when no baseline read its answers)."""
+    if not data.refused:
+        return None
+    behaviour = {}
+    for s in sets:
+        refused = int(data.refused[s.name].sum())
+        accepted = len(s.texts) - refused
+        behaviour[s.name] = ({"refused-harmful": refused, "accepted-harmful": accepted} if s.harmful
+                             else {"accepted-harmless": accepted, "refused-harmless": refused})
+    return behaviour
+
+
+def _layer_separation(data: EvalData, sets: Sequence[EvalSet]) -> dict[int, float | None] | None:
+    """AUROC of the per-layer cosine scores, harmful against harmless sets (None without both)."""
+    pos = [data.layer_scores[s.name] for s in sets if s.harmful]
+    neg = [data.layer_scores[s.name] for s in sets if not s.harmful]
+    if not (pos and neg):
+        return None
+    p, q = np.concatenate(pos), np.concatenate(neg)
+    return {layer: auroc(p[:, layer], q[:, layer]) for layer in range(p.shape[1])}
+
+
 def evaluate(
     guards: Mapping[str, LatentGuard],
     sets: Sequence[EvalSet],
@@ -336,6 +397,9 @@ def evaluate(
     cache: ResultCache | None = None,
 ) -> EvalResult:
     """Score ``guards`` (name → guard, all on one host) and the baselines on ``sets``.
+
+    The baselines are those of ``settings.baselines``, looked up in
+    :data:`~latent_guardrail.evaluation.registry.BASELINES` and run in that order.
 
     Args:
         calibration_texts: the prompts the guards were fitted on; evaluation prompts among them are counted
@@ -350,20 +414,8 @@ def evaluate(
     started = time.perf_counter()
     cfg = settings if settings is not None else EvalSettings()
     store = cache if cache is not None else ResultCache()
-    if not guards:
-        raise InputError("evaluate needs at least one guard")
-    if not sets:
-        raise InputError("evaluate needs at least one labelled set")
-    names = [s.name for s in sets]
-    if len(set(names)) != len(names):
-        raise InputError(f"set names must be unique, got {names}")
-    for s in sets:
-        if not s.texts:
-            raise InputError(f"set {s.name!r} is empty; it needs at least one prompt")
-    host = next(iter(guards.values())).host
-    for name, guard in guards.items():
-        if guard.host is not host and guard.fingerprint != next(iter(guards.values())).fingerprint:
-            raise InputError(f"guard {name!r} runs on another host; evaluate guards of one host together")
+    host = _checked_host(guards, sets)
+    baselines = [get_baseline(name) for name in cfg.baselines]
     host_id = host_identity(host)
     pca_layer = cfg.pca_layer if cfg.pca_layer is not None else _default_pca_layer(guards)
     if not 0 <= pca_layer <= host.num_blocks:
@@ -375,119 +427,29 @@ def evaluate(
 
     data = EvalData()
     truncated: dict[str, dict[str, int]] = {}
-    groups = _guard_groups(guards)
-    identities = {name: guard_identity(guard) for name, guard in guards.items()}
-    for s in sets:
-        for index, group in enumerate(groups):
-            key = content_key("guards", host_id, [(n, identities[n]) for n in group], pca_layer, list(s.texts))
+    _score_guards(guards, sets, host_id=host_id, pca_layer=pca_layer, cfg=cfg, store=store, data=data,
+                  truncated=truncated)
+    reference_count = _run_baselines(baselines, BaselineRun(host, host_id, cfg, store, reference_harmless), sets,
+                                     data, truncated)
 
-            def read(group: list[str] = group, s: EvalSet = s) -> dict[str, np.ndarray]:
-                return _guard_pass(guards, group, s.texts, pca_layer, s.name, cfg.progress, cfg.batch_size)
-
-            arrays = store.arrays(key, read)
-            for name in group:
-                data.scores.setdefault(name, {})[s.name] = arrays[f"score:{name}"]
-                truncated.setdefault(name, {})[s.name] = int(arrays["truncated"].sum())
-            if index == 0:
-                data.layer_scores[s.name] = arrays["layer_scores"]
-                data.pca_inst[s.name] = arrays["pca_inst"]
-                data.pca_post[s.name] = arrays["pca_post"]
-    for name, guard in guards.items():
-        data.thresholds[name] = guard.threshold
-
-    reference_count: int | None = None
-    for baseline in cfg.baselines:
-        data.scores[baseline] = {}
-        truncated[baseline] = {}
-        if baseline == "keyword":
-            judge = PhraseJudge()
-            data.thresholds[baseline] = 0.5
-            for s in sets:
-                key = content_key("replies", host_id, cfg.behaviour_system_prompt, cfg.max_new_tokens,
-                                  list(REFUSAL_PHRASES), list(s.texts))
-
-                def answer(s: EvalSet = s) -> dict[str, list[str] | list[bool]]:
-                    replies, cut = host_replies(host, s.texts, system_prompt=cfg.behaviour_system_prompt,
-                                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                                progress=f"{s.name}: host answers" if cfg.progress else False)
-                    return {"replies": replies, "truncated": cut}
-
-                value = store.json(key, answer)
-                data.replies[s.name] = list(value["replies"])
-                data.scores[baseline][s.name] = keyword_judge_scores(value["replies"], judge)
-                data.refused[s.name] = data.scores[baseline][s.name] > 0.5
-                truncated[baseline][s.name] = int(sum(value["truncated"]))
-        elif baseline == "self_check":
-            data.thresholds[baseline] = 0.0
-            for s in sets:
-                key = content_key("self_check", host_id, cfg.self_check_prompt, list(s.texts))
-
-                def run(s: EvalSet = s) -> dict[str, np.ndarray]:
-                    score, cut = self_check_scores(host, s.texts, prompt=cfg.self_check_prompt,
-                                                   batch_size=cfg.batch_size,
-                                                   progress=f"{s.name}: self-check" if cfg.progress else False)
-                    return {"score": score, "truncated": np.array(cut, dtype=bool)}
-
-                arrays = store.arrays(key, run)
-                data.scores[baseline][s.name] = arrays["score"]
-                truncated[baseline][s.name] = int(arrays["truncated"].sum())
-        else:
-            reference = list(reference_harmless) if reference_harmless is not None else \
-                [r.text for r in read_calibration_sets()[1]]
-            if not reference:
-                raise InputError("the perplexity heuristic needs harmless reference prompts for its threshold")
-            reference_count = len(reference)
-            key = content_key("perplexity", host_id, reference)
-
-            def perplexity(texts: Sequence[str], label: str) -> dict[str, np.ndarray]:
-                return {"score": perplexity_scores(host, texts, batch_size=cfg.batch_size,
-                                                   progress=label if cfg.progress else False)}
-
-            ref_scores = store.arrays(key, lambda r=reference: perplexity(r, "perplexity reference"))["score"]  # type: ignore[misc]
-            data.thresholds[baseline] = threshold_at_fpr(ref_scores, cfg.perplexity_fpr)
-            for s in sets:
-                key = content_key("perplexity", host_id, list(s.texts))
-                arrays = store.arrays(key, lambda s=s: perplexity(s.texts, f"{s.name}: perplexity"))  # type: ignore[misc]
-                data.scores[baseline][s.name] = arrays["score"]
-                truncated[baseline][s.name] = 0
-
-    rules = []
-    for name, guard in guards.items():
-        description = f"latent guard, {guard.mode} mode, layers {guard.layers[0]}–{guard.layers[-1]}" \
-            if len(guard.layers) > 1 else f"latent guard, {guard.mode} mode, layer {guard.layers[0]}"
-        rules.append(_rule_report(name, "guard", description, data.thresholds[name], data.scores[name], sets,
-                                  truncated[name], cfg.fprs))
-    for baseline in cfg.baselines:
-        rules.append(_rule_report(baseline, "baseline", _BASELINE_TITLES[baseline], data.thresholds[baseline],
-                                  data.scores[baseline], sets, truncated[baseline], cfg.fprs))
-
-    behaviour = None
-    if data.refused:
-        behaviour = {}
-        for s in sets:
-            refused = int(data.refused[s.name].sum())
-            accepted = len(s.texts) - refused
-            behaviour[s.name] = ({"refused-harmful": refused, "accepted-harmful": accepted} if s.harmful
-                                 else {"accepted-harmless": accepted, "refused-harmless": refused})
-    pos = [data.layer_scores[s.name] for s in sets if s.harmful]
-    neg = [data.layer_scores[s.name] for s in sets if not s.harmful]
-    separation = None
-    if pos and neg:
-        p, q = np.concatenate(pos), np.concatenate(neg)
-        separation = {layer: auroc(p[:, layer], q[:, layer]) for layer in range(p.shape[1])}
-    else:
+    rules = [_rule_report(name, "guard", _guard_description(guard), data.thresholds[name], data.scores[name], sets,
+                          truncated[name], cfg.fprs) for name, guard in guards.items()]
+    rules += [_rule_report(baseline.name, "baseline", baseline.title, data.thresholds[baseline.name],
+                           data.scores[baseline.name], sets, truncated[baseline.name], cfg.fprs)
+              for baseline in baselines]
+    separation = _layer_separation(data, sets)
+    if separation is None:
         notes.append("per-layer separation needs harmful and harmless sets.")
     for rule in rules:
         notes.extend(f"{rule.name}: {note}" for note in rule.overall.notes if rule.kind == "guard")
-    if cfg.behaviour_system_prompt is not None and "keyword" in cfg.baselines:
-        notes.append("the keyword judge reads the host's answers under the safety system prompt "
-                     f"{cfg.behaviour_system_prompt!r}; the guards read the prompts as they were calibrated.")
+    for baseline in {baseline.name: baseline for baseline in baselines}.values():
+        notes.extend(baseline.notes(cfg))
     report = EvalReport(
         host=host.name, host_fingerprint=host_id, settings=cfg,
         sets=[SetInfo(name=s.name, label=s.label, n=len(s.texts), source=s.source, group=s.group,
                       truncated=max((truncated[n].get(s.name, 0) for n in guards), default=0)) for s in sets],
-        rules=rules, leakage=leakage, behaviour=behaviour, layer_separation=separation, pca_layer=pca_layer,
-        guard_layers={name: list(guard.layers) for name, guard in guards.items()},
+        rules=rules, leakage=leakage, behaviour=_behaviour(data, sets), layer_separation=separation,
+        pca_layer=pca_layer, guard_layers={name: list(guard.layers) for name, guard in guards.items()},
         perplexity_reference=reference_count, notes=notes, cache_hits=store.hits, cache_misses=store.misses,
         seconds=round(time.perf_counter() - started, 2),
     )

@@ -20,7 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from latent_guardrail.artifact import TENSORS_FILE
-from latent_guardrail.distributed import LocalWorkers, batch_plan, launched_world_size
+from latent_guardrail.batching import plan_batches, split_plan
+from latent_guardrail.distributed import CheckableGuard, LocalWorkers, batch_plan, launched_world_size
+from latent_guardrail.guard import LatentGuard
+from latent_guardrail.hosts import Host
 from latent_guardrail.positions import encode_batch
 from tests.support.models import HARMFUL, HARMLESS, make_host
 
@@ -61,6 +64,21 @@ def test_plan_rejects_bad_sizes() -> None:
         batch_plan([1, 2], 0, 2)
 
 
+def test_plan_is_the_one_planner_of_a_single_process() -> None:
+    lengths = [(11 * i) % 7 for i in range(29)]
+    assert batch_plan(lengths, 4, 3) == split_plan(lengths, 4, 3)
+    chunks = plan_batches(lengths, 4)                                          # what every local loop reads
+    for rank, part in enumerate(split_plan(lengths, 4, 3)):
+        assert part == [index for chunk in chunks[rank::3] for index in chunk]
+    with pytest.raises(ValueError, match="world_size"):
+        batch_plan([1, 2], 2, 0)
+
+
+def test_the_guard_is_what_check_batch_reads(tiny_host: Host) -> None:
+    guard = LatentGuard.calibrate(tiny_host, HARMFUL, HARMLESS, mode="paper", progress=False)
+    assert isinstance(guard, CheckableGuard)
+
+
 def test_launched_world_size_reads_the_launcher_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -73,7 +91,7 @@ def test_local_workers_read_what_extract_states_reads() -> None:
     host = make_host(layers=2)
     encodings = encode_batch(host.tokenizer, HARMFUL[:5])
     states = LocalWorkers().extract_states(host.model, encodings, [0, 2], pad_token_id=host.tokenizer.pad_token_id,
-                                           which=("t_inst", "content_mean"), batch_size=2)
+                                           views=("t_inst", "content_mean"), batch_size=2)
     assert states.shape == (5, 2, 2, 32) and states.dtype == torch.float32
 
 

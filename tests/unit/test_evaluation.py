@@ -26,13 +26,16 @@ from latent_guardrail.evaluation import (
     metrics_for,
     parse_set_spec,
     perplexity_scores,
+    registry,
     self_check_scores,
     sets_from_records,
     write_report,
 )
 from latent_guardrail.evaluation.baselines import answer_token_ids, host_replies, keyword_judge_scores
+from latent_guardrail.evaluation.registry import BASELINES, BaselineRun, BaselineScores
 from latent_guardrail.evaluation.runner import paper_variant
 from latent_guardrail.evaluation.sets import read_hf_records
+from latent_guardrail.evaluation.settings import BASELINE_NAMES
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
 from latent_guardrail.metrics import roc_curve, tpr_at_fpr
@@ -218,6 +221,30 @@ def test_evaluate_reports_every_rule_and_caches(guards: dict[str, LatentGuard], 
     changed = [_sets()[0], EvalSet(name="good", label="harmless", texts=(*EVAL_HARMLESS[:3], "a new prompt"))]
     evaluate(guards, changed, settings=SETTINGS, reference_harmless=HARMLESS, cache=cache)
     assert cache.misses > misses  # the changed set is recomputed
+
+
+def test_baselines_come_from_the_registry(guards: dict[str, LatentGuard], cache: ResultCache,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tuple(BASELINES) == BASELINE_NAMES
+    assert all(baseline.name == name and baseline.title for name, baseline in BASELINES.items())
+
+    class Constant:
+        name = "keyword"
+        title = "flags everything"
+
+        def run(self, run: BaselineRun, sets: list[EvalSet]) -> BaselineScores:
+            return BaselineScores(threshold=0.5, scores={s.name: np.ones(len(s.texts)) for s in sets},
+                                  truncated={s.name: 0 for s in sets})
+
+        def notes(self, settings: EvalSettings) -> list[str]:
+            return ["constant note"]
+
+    monkeypatch.setattr(registry, "BASELINES", {"keyword": Constant()})
+    result = evaluate(guards, _sets(), settings=SETTINGS.model_copy(update={"baselines": ("keyword",)}),
+                      cache=cache)
+    rule = result.report.rule("keyword")
+    assert rule.description == "flags everything" and rule.overall.tp == len(EVAL_HARMFUL)
+    assert result.report.notes[-1] == "constant note" and result.report.behaviour is None
 
 
 def test_one_class_evaluation_does_not_crash(guards: dict[str, LatentGuard], cache: ResultCache) -> None:
