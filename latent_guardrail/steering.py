@@ -52,6 +52,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .activations import extract_states
+from .decoding import check_max_new_tokens
+from .directions import mean_difference
 from .errors import ArtifactError, FingerprintMismatchError, InputError, LayerError
 from .fingerprint import fingerprint_parts
 from .generation import generate_replies
@@ -162,14 +164,6 @@ class SteeringHandle:
         return f"SteeringHandle(layer={self.layer}, coeff={self.coeff}, active={self.active})"
 
 
-@dataclass
-class _CallState:
-    """What the steered model's current forward call was given (2-D mask, cache length)."""
-
-    mask: torch.Tensor | None = None
-    past: int | None = None
-
-
 def _resolve_target(target: nn.Module | Host | LatentGuard, direction: torch.Tensor | Direction
                     ) -> tuple[nn.Module, str | None]:
     """The model to hook and the default layer template; checks a Direction's fingerprint."""
@@ -223,6 +217,165 @@ def _call_arguments(module: nn.Module) -> inspect.Signature | None:
         return None
 
 
+def _check_positions(positions: str, until: object, attention_mask: torch.Tensor | None) -> None:
+    """Validate which tokens are steered (see the module docstring)."""
+    if positions not in POSITIONS:
+        raise InputError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if positions == "context" and until is None:
+        raise InputError("positions='context' needs until=... (an int or a (batch,) tensor, padded coordinates)")
+    if positions != "context" and until is not None:
+        raise InputError(f"until= is only used with positions='context', not {positions!r}")
+    if isinstance(until, bool) or (until is not None and not isinstance(until, int | torch.Tensor)):
+        raise InputError(f"until must be an int or a (batch,) tensor, got {type(until).__name__}")
+    if isinstance(until, torch.Tensor) and until.dim() != 1:
+        raise InputError(f"until must have shape (batch,), got {tuple(until.shape)}")
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise InputError(f"attention_mask must have shape (batch, seq), got {tuple(attention_mask.shape)}")
+
+
+def _raw_vector(direction: torch.Tensor | Direction, layer: int, num_blocks: int) -> torch.Tensor:
+    """The unchecked ``(d,)`` vector of residual ``layer`` (non-negative) in ``direction``."""
+    if isinstance(direction, Direction):
+        return direction.vector(layer)
+    if isinstance(direction, torch.Tensor):
+        if direction.dim() != 2:
+            return direction
+        if direction.shape[0] != num_blocks + 1:
+            raise InputError(f"a (layers, d) direction needs {num_blocks + 1} rows (one per residual layer), "
+                             f"got {direction.shape[0]}")
+        return direction[layer]
+    raise InputError(f"direction must be a Direction or a tensor, got {type(direction).__name__}")
+
+
+def _hidden_size(module: nn.Module) -> int | None:
+    """The model's ``config.hidden_size`` when it has one."""
+    size = getattr(getattr(module, "config", None), "hidden_size", None)
+    return size if isinstance(size, int) else None
+
+
+@dataclass
+class _CallState:
+    """What the steered model's current forward call was given (2-D mask, cache length)."""
+
+    mask: torch.Tensor | None = None
+    past: int | None = None
+
+
+class _Steerer:
+    """The hook functions of one steering: ``hidden + delta`` at the steered positions, the rest untouched.
+
+    ``on_call``/``on_return`` hook the model itself and record each call's 2-D attention mask and cache length
+    (:class:`_CallState`); ``pre_hook`` (input of a decoder block) or ``post_hook`` (output of the last block)
+    apply :meth:`steered` to the hidden states ``(batch, seq, d)``.
+    """
+
+    def __init__(self, delta: torch.Tensor, *, prefill_all: bool, decode: bool, until: int | torch.Tensor | None,
+                 attention_mask: torch.Tensor | None, signature: inspect.Signature | None) -> None:
+        self.delta = delta  # (d,) float32: coeff * v
+        self.prefill_all = prefill_all  # "prompt"/"all": every real prefill token; "context": those < until
+        self.decode = decode  # decoding steps too (passes that continue a cache)
+        self.until = until
+        self.attention_mask = attention_mask
+        self.signature = signature
+        self.state = _CallState()
+        self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def on_call(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook of the model: remember the call's 2-D mask and how long its cache already is."""
+        bound: dict[str, Any] = dict(kwargs)
+        if args and self.signature is not None:
+            try:
+                bound = dict(self.signature.bind_partial(*args, **kwargs).arguments)
+            except TypeError:
+                pass
+        mask = bound.get("attention_mask")
+        self.state.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        cache = bound.get("cache", bound.get("past_key_values"))
+        get_length = getattr(cache, "get_seq_length", None)
+        self.state.past = int(get_length()) if callable(get_length) else 0
+
+    def on_return(self, _module: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any], _output: Any) -> None:
+        """Forward hook of the model (also on exceptions): the call is over."""
+        self.state.mask, self.state.past = None, None
+
+    def _past(self, seq: int) -> int:
+        """Tokens already in the cache before these ``seq`` tokens (0 for a prefill)."""
+        if self.state.past is not None:
+            return self.state.past
+        if self.state.mask is not None:
+            return max(self.state.mask.shape[1] - seq, 0)
+        return 0
+
+    def _keep(self, batch: int, seq: int, past: int, device: torch.device) -> torch.Tensor:
+        """``(batch, seq)`` bool: which of these tokens are steered (real tokens; before ``until`` for context)."""
+        mask = self.state.mask if self.state.mask is not None else self.attention_mask
+        where = torch.arange(past, past + seq, device=device)  # padded positions of these tokens
+        keep = torch.ones(batch, seq, dtype=torch.bool, device=device)
+        if mask is not None:
+            if mask.shape[0] != batch:
+                raise InputError(f"attention_mask has batch {mask.shape[0]}, the model runs batch {batch}")
+            mask = mask.to(device)
+            inside = where < mask.shape[1]
+            keep[:, inside] = mask[:, where[inside]] != 0  # positions beyond the mask are generated tokens
+        if past == 0 and not self.prefill_all:  # "context": only positions before until
+            limit = self.until if isinstance(self.until, torch.Tensor) else torch.tensor([self.until])
+            if limit.shape[0] not in (1, batch):
+                raise InputError(f"until has batch {limit.shape[0]}, the model runs batch {batch}")
+            keep &= where.view(1, -1) < limit.to(device).view(-1, 1)
+        return keep
+
+    def _delta_for(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``delta`` in the dtype and on the device of ``hidden`` (cast once per pair)."""
+        key = (hidden.dtype, hidden.device)
+        if key not in self._cast:
+            self._cast[key] = self.delta.to(device=hidden.device, dtype=hidden.dtype)
+        return self._cast[key]
+
+    def steered(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` ``(batch, seq, d)`` with ``delta`` added at the steered tokens."""
+        batch, seq = hidden.shape[0], hidden.shape[1]
+        past = self._past(seq)
+        if past > 0 and not self.decode:
+            return hidden
+        keep = self._keep(batch, seq, past, hidden.device)
+        return torch.where(keep.unsqueeze(-1), hidden + self._delta_for(hidden), hidden)
+
+    def pre_hook(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Forward pre-hook of decoder block ``layer``: steer its input hidden states."""
+        if args and isinstance(args[0], torch.Tensor):
+            return (self.steered(args[0]), *args[1:]), kwargs
+        hidden = kwargs.get("hidden_states")
+        if not isinstance(hidden, torch.Tensor):
+            raise RuntimeError("cannot find the hidden states among the decoder block's inputs")
+        return args, {**kwargs, "hidden_states": self.steered(hidden)}
+
+    def post_hook(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        """Forward hook of the last decoder block: steer its output hidden states."""
+        if isinstance(output, torch.Tensor):
+            return self.steered(output)
+        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            return (self.steered(output[0]), *output[1:])
+        raise RuntimeError(f"cannot find the hidden states in the last block's output ({type(output).__name__})")
+
+
+def _register(module: nn.Module, blocks: Sequence[nn.Module], layer: int, steerer: _Steerer,
+              coeff: float) -> SteeringHandle:
+    """Install ``steerer``'s hooks; on a failure half way, the ones already installed are removed."""
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    steering = SteeringHandle(handles, layer, coeff)
+    try:
+        handles.append(module.register_forward_pre_hook(steerer.on_call, with_kwargs=True))
+        handles.append(module.register_forward_hook(steerer.on_return, with_kwargs=True, always_call=True))
+        if layer < len(blocks):
+            handles.append(blocks[layer].register_forward_pre_hook(steerer.pre_hook, with_kwargs=True))
+        else:
+            handles.append(blocks[-1].register_forward_hook(steerer.post_hook))
+    except BaseException:
+        steering.remove()
+        raise
+    return steering
+
+
 def add_steering(
     model: nn.Module | Host | LatentGuard,
     direction: torch.Tensor | Direction,
@@ -257,117 +410,15 @@ def add_steering(
     """
     module, target_template = _resolve_target(model, direction)
     coefficient = _check_coeff(coeff)
-    if positions not in POSITIONS:
-        raise InputError(f"positions must be one of {POSITIONS}, got {positions!r}")
-    if positions == "context" and until is None:
-        raise InputError("positions='context' needs until=... (an int or a (batch,) tensor, padded coordinates)")
-    if positions != "context" and until is not None:
-        raise InputError(f"until= is only used with positions='context', not {positions!r}")
-    if isinstance(until, bool) or (until is not None and not isinstance(until, int | torch.Tensor)):
-        raise InputError(f"until must be an int or a (batch,) tensor, got {type(until).__name__}")
-    if isinstance(until, torch.Tensor) and until.dim() != 1:
-        raise InputError(f"until must have shape (batch,), got {tuple(until.shape)}")
-    if attention_mask is not None and attention_mask.dim() != 2:
-        raise InputError(f"attention_mask must have shape (batch, seq), got {tuple(attention_mask.shape)}")
+    _check_positions(positions, until, attention_mask)
     template = layer_template or target_template or (direction.layer_template if isinstance(direction, Direction)
                                                      else None)
     blocks = decoder_blocks(module, template)
     (resolved,) = check_layers([layer], len(blocks))
-    config = getattr(module, "config", None)
-    hidden_size = getattr(config, "hidden_size", None)
-    if isinstance(direction, Direction):
-        raw = direction.vector(resolved)
-    elif isinstance(direction, torch.Tensor):
-        if direction.dim() == 2:
-            if direction.shape[0] != len(blocks) + 1:
-                raise InputError(f"a (layers, d) direction needs {len(blocks) + 1} rows (one per residual layer), "
-                                 f"got {direction.shape[0]}")
-            raw = direction[resolved]
-        else:
-            raw = direction
-    else:
-        raise InputError(f"direction must be a Direction or a tensor, got {type(direction).__name__}")
-    delta = coefficient * _check_vector(raw, hidden_size if isinstance(hidden_size, int) else None)  # (d,) float32
-    steer_prefill_all = positions in ("prompt", "all")
-    steer_decode = decode or positions == "all"
-    until_value = until
-    state = _CallState()
-    signature = _call_arguments(module)
-    cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-    def on_call(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        bound: dict[str, Any] = dict(kwargs)
-        if args and signature is not None:
-            try:
-                bound = dict(signature.bind_partial(*args, **kwargs).arguments)
-            except TypeError:
-                pass
-        mask = bound.get("attention_mask")
-        state.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        cache = bound.get("cache", bound.get("past_key_values"))
-        get_length = getattr(cache, "get_seq_length", None)
-        state.past = int(get_length()) if callable(get_length) else 0
-
-    def on_return(_module: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any], _output: Any) -> None:
-        state.mask, state.past = None, None
-
-    def steered(hidden: torch.Tensor) -> torch.Tensor:
-        batch, seq = hidden.shape[0], hidden.shape[1]
-        mask = state.mask if state.mask is not None else attention_mask
-        if state.past is not None:
-            past = state.past
-        elif state.mask is not None:
-            past = max(state.mask.shape[1] - seq, 0)
-        else:
-            past = 0
-        if past > 0 and not steer_decode:
-            return hidden
-        where = torch.arange(past, past + seq, device=hidden.device)  # padded positions of these tokens
-        keep = torch.ones(batch, seq, dtype=torch.bool, device=hidden.device)
-        if mask is not None:
-            if mask.shape[0] != batch:
-                raise InputError(f"attention_mask has batch {mask.shape[0]}, the model runs batch {batch}")
-            mask = mask.to(hidden.device)
-            inside = where < mask.shape[1]
-            keep[:, inside] = mask[:, where[inside]] != 0  # positions beyond the mask are generated tokens
-        if past == 0 and not steer_prefill_all:  # "context": only positions before until
-            limit = until_value if isinstance(until_value, torch.Tensor) else torch.tensor([until_value])
-            if limit.shape[0] not in (1, batch):
-                raise InputError(f"until has batch {limit.shape[0]}, the model runs batch {batch}")
-            keep &= where.view(1, -1) < limit.to(hidden.device).view(-1, 1)
-        key = (hidden.dtype, hidden.device)
-        if key not in cast:
-            cast[key] = delta.to(device=hidden.device, dtype=hidden.dtype)
-        return torch.where(keep.unsqueeze(-1), hidden + cast[key], hidden)
-
-    def pre_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args and isinstance(args[0], torch.Tensor):
-            return (steered(args[0]), *args[1:]), kwargs
-        hidden = kwargs.get("hidden_states")
-        if not isinstance(hidden, torch.Tensor):
-            raise RuntimeError("cannot find the hidden states among the decoder block's inputs")
-        return args, {**kwargs, "hidden_states": steered(hidden)}
-
-    def post_hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return steered(output)
-        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-            return (steered(output[0]), *output[1:])
-        raise RuntimeError(f"cannot find the hidden states in the last block's output ({type(output).__name__})")
-
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    steering = SteeringHandle(handles, resolved, coefficient)
-    try:
-        handles.append(module.register_forward_pre_hook(on_call, with_kwargs=True))
-        handles.append(module.register_forward_hook(on_return, with_kwargs=True, always_call=True))
-        if resolved < len(blocks):
-            handles.append(blocks[resolved].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        else:
-            handles.append(blocks[-1].register_forward_hook(post_hook))
-    except BaseException:
-        steering.remove()
-        raise
-    return steering
+    delta = coefficient * _check_vector(_raw_vector(direction, resolved, len(blocks)), _hidden_size(module))
+    steerer = _Steerer(delta, prefill_all=positions in ("prompt", "all"), decode=decode or positions == "all",
+                       until=until, attention_mask=attention_mask, signature=_call_arguments(module))
+    return _register(module, blocks, resolved, steerer, coefficient)
 
 
 @contextmanager
@@ -474,8 +525,7 @@ def fit_refusal_direction(
     Raises:
         InputError: fewer than ``min_per_class`` refused or accepted prompts (the message gives both counts).
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     if len(harmful) < 2 * min_per_class:
         raise InputError(f"need at least {2 * min_per_class} harmful prompts, got {len(harmful)}")
     host = guard.host
@@ -492,10 +542,10 @@ def fit_refusal_direction(
                              f"least {min_per_class} refused and {min_per_class} accepted (try a stronger system "
                              "prompt or more prompts)")
         states = extract_states(host.model, encodings, list(range(num_blocks + 1)),
-                                pad_token_id=host.tokenizer.pad_token_id, which=("t_post_inst",),
+                                pad_token_id=host.tokenizer.pad_token_id, views=("t_post_inst",),
                                 batch_size=batch_size, layer_template=guard.fitted.layer_template,
                                 progress="refusal states" if progress else False)[:, 0].double()  # (n, layers, d)
-    vectors = (states[refused].mean(0) - states[~refused].mean(0)).float()
+    vectors = mean_difference(states, refused).float()
     source = f"behaviour: {count} refused / {len(replies) - count} accepted harmful prompts" + (
         " under a system prompt" if system_prompt is not None else "")
     return Direction(kind="refusal", vectors=vectors, fingerprint=guard.fingerprint, source=source,
@@ -535,8 +585,7 @@ def sweep(
     if positions not in ("prompt", "all"):
         raise InputError(f"sweep steers positions 'prompt' or 'all', got {positions!r}")
     _check_coeff(coeff)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     vectors = direction if isinstance(direction, Direction) else Direction.from_guard(guard, direction)
     model, tokenizer = guard.host.model, guard.host.tokenizer
     num_blocks = guard.num_blocks
