@@ -37,6 +37,7 @@ demo: model
 lint: install
 	$(VENV)/bin/ruff check latent_guardrail tests benchmarks scripts examples
 	$(VENV)/bin/mypy latent_guardrail
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: install
 	$(PY) -m pytest -q tests/unit

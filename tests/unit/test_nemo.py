@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from latent_guardrail.integrations.nemo import (
     rail_path,
     register,
 )
-from latent_guardrail.integrations.nemo.actions import latent_guard_check_input
+from latent_guardrail.integrations.nemo.actions import ACTION_NAME, RAIL_PARAM, latent_guard_check_input
 from latent_guardrail.integrations.nemo.chat import build_config, chat_loop, rail_line
 from latent_guardrail.integrations.nemo.provider import CallOptions, prompt_from_nemo
 from tests.support.hooks import hook_ids
@@ -364,6 +365,39 @@ def test_failure_policy_is_honoured_and_never_cached(guard: LatentGuard, on_erro
 def test_action_without_a_registered_guard_blocks() -> None:
     outcome = asyncio.run(latent_guard_check_input(text="hello", latent_guard_rail=None))
     assert outcome.is_blocked and outcome.metadata["error"] == "not_registered"
+
+
+def test_action_parameter_is_the_registered_rail_param() -> None:
+    assert RAIL_PARAM in inspect.signature(latent_guard_check_input).parameters
+    assert latent_guard_check_input.action_meta["name"] == ACTION_NAME  # type: ignore[attr-defined]
+
+
+def test_rail_failures_come_from_the_guards_one_builder(guard: LatentGuard, caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    rail = LatentGuardRail(guard, LatentGuardRailSettings(mode="check"))
+    built: list[Exception] = []
+    builder = rail.guard.failure_verdict
+
+    def failure_verdict(exc: Exception) -> Any:
+        built.append(exc)
+        return builder(exc)
+
+    monkeypatch.setattr(rail.guard, "failure_verdict", failure_verdict)
+    with caplog.at_level("ERROR", logger="latent_guardrail"):
+        outcome = asyncio.run(rail.check_input(42))
+    assert outcome.is_blocked and outcome.metadata["error"] == "internal_error:InputError"
+    assert [type(exc) for exc in built] == [InputError]
+    assert [record.reason for record in caplog.records if hasattr(record, "reason")] == ["internal_error:InputError"]
+
+    checked: list[Any] = []
+    acheck = rail.guard.acheck
+
+    async def counting_acheck(prompt: Any) -> Any:
+        checked.append(prompt)
+        return await acheck(prompt)
+
+    monkeypatch.setattr(rail.guard, "acheck", counting_acheck)  # the plain check is the guard's async check
+    assert asyncio.run(rail.check_input(BLOCKED)).is_blocked and checked == [BLOCKED]
 
 
 def test_rail_outcome_translation_and_non_string_input(guard: LatentGuard) -> None:

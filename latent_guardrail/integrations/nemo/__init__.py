@@ -19,19 +19,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import SETTINGS_KEY, LatentGuardRailSettings
-    from .loading import NemoConfigError, shared_guard
+    from .actions import ACTION_NAME
+    from .loading import SETTINGS_KEY, LatentGuardRailSettings, NemoConfigError, shared_guard
     from .provider import PROVIDER_NAME, HostModelOptions, LatentHostModel, PreparedAnswers, register_provider
-    from .rail import ACTION_NAME, FLOW_NAME, LatentGuardRail, rail_outcome, rail_path, register
+    from .rail import FLOW_NAME, LatentGuardRail, rail_outcome, rail_path, register
 
 # Names are imported on first use, so that `latent-guardrail --help` (which registers `nemo-chat` from
 # `.chat`) neither pays for nor needs NeMo Guardrails.
 _EXPORTS = {
-    "SETTINGS_KEY": "config", "LatentGuardRailSettings": "config",
+    "SETTINGS_KEY": "loading", "LatentGuardRailSettings": "loading",
     "NemoConfigError": "loading", "shared_guard": "loading",
     "PROVIDER_NAME": "provider", "HostModelOptions": "provider", "LatentHostModel": "provider",
     "PreparedAnswers": "provider", "register_provider": "provider",
-    "ACTION_NAME": "rail", "FLOW_NAME": "rail", "LatentGuardRail": "rail", "rail_outcome": "rail",
+    "ACTION_NAME": "actions", "FLOW_NAME": "rail", "LatentGuardRail": "rail", "rail_outcome": "rail",
     "rail_path": "rail", "register": "rail",
 }
 

@@ -1,30 +1,44 @@
 """The rail's action, ``latent_guard_check_input`` (a system action; NeMo loads this file from the rail folder).
 
-NeMo executes this file on its own (not as part of the package), hence the absolute imports.
+NeMo executes this file on its own (not as part of the package), hence the absolute imports. The action needs
+only something with ``check_input`` (:class:`InputRail`; the app's
+:class:`~latent_guardrail.integrations.nemo.rail.LatentGuardRail`), so this file imports nothing of the rail and
+the rail imports it (to register the action under :data:`ACTION_NAME` with the rail as :data:`RAIL_PARAM`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
-from latent_guardrail.integrations.nemo.rail import LatentGuardRail
-
-__all__ = ["latent_guard_check_input"]
+__all__ = ["ACTION_NAME", "RAIL_PARAM", "InputRail", "latent_guard_check_input"]
 
 logger = logging.getLogger("latent_guardrail.integrations.nemo.actions")
 
+ACTION_NAME = "latent_guard_check_input"
+"""The action's name in the flows."""
+RAIL_PARAM = "latent_guard_rail"
+"""Name of the action parameter through which NeMo hands the app's rail to the action."""
 
-@action(is_system_action=True, name="latent_guard_check_input")
+
+class InputRail(Protocol):
+    """What the action calls: the app's rail (:class:`~latent_guardrail.integrations.nemo.rail.LatentGuardRail`)."""
+
+    async def check_input(self, text: Any, *, config: Any = None, llm: Any = None) -> RailOutcome:
+        """Judge the user's message; never raises."""
+        ...
+
+
+@action(is_system_action=True, name=ACTION_NAME)
 async def latent_guard_check_input(
     text: str | None = None,
     context: dict[str, Any] | None = None,
     config: Any = None,
     llm: Any = None,
-    latent_guard_rail: LatentGuardRail | None = None,
+    latent_guard_rail: InputRail | None = None,
 ) -> RailOutcome:
     """Judge the user's message with the host's hidden states: ``RailOutcome.block`` or ``.allow``.
 

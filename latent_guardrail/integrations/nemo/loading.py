@@ -1,4 +1,10 @@
-"""Load guards for NeMo apps, once per process: the rail and the ``latent_guardrail`` main LLM share one host.
+"""The rail's configuration and its guard: :class:`LatentGuardRailSettings` and :func:`shared_guard`.
+
+:class:`LatentGuardRailSettings` validates ``custom_data.latent_guard`` (the keys are documented in
+:mod:`latent_guardrail.integrations.nemo.config`, the file NeMo loads); every problem is a
+:class:`NemoConfigError`.
+
+Guards are loaded once per process: the rail and the ``latent_guardrail`` main LLM share one host.
 
 Both :func:`~latent_guardrail.integrations.nemo.register` (reading ``custom_data.latent_guard``) and the
 ``latent_guardrail`` LLM provider (reading ``models[].parameters``) ask :func:`shared_guard` for their guard. Equal
@@ -12,17 +18,78 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from latent_guardrail.errors import LatentGuardError
 from latent_guardrail.guard import DEFAULT_GUARD, LatentGuard
 from latent_guardrail.hosts import DEFAULT_MODEL
 
-__all__ = ["NemoConfigError", "guard_key", "resolve_guard_path", "shared_guard"]
+__all__ = ["SETTINGS_KEY", "LatentGuardRailSettings", "NemoConfigError", "guard_key", "resolve_guard_path",
+           "shared_guard"]
 
 
 class NemoConfigError(LatentGuardError, ValueError):
     """The NeMo configuration of the latent guard is wrong (raised while ``LLMRails`` is being created)."""
+
+
+SETTINGS_KEY = "latent_guard"
+"""The key under ``custom_data`` that holds the rail's settings."""
+
+
+class LatentGuardRailSettings(BaseModel):
+    """``custom_data.latent_guard``: which guard the rail loads and what it does with its verdicts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    guard: str | None = Field(
+        default="default", min_length=1,
+        description="'default' (the default host's guard), a guard artifact folder (relative paths are looked up in "
+                    "the config folder, then the working directory), or null when the guard is given in code with "
+                    "register(app, guard).")
+    host: str | None = Field(
+        default=None, min_length=1,
+        description="Host model of an artifact folder: HF id, local folder or .gguf file (null = the default host).")
+    threshold: float | None = Field(
+        default=None, allow_inf_nan=False, description="Override of the fitted threshold (null = fitted).")
+    mode: Literal["auto", "check", "shared"] = Field(
+        default="auto",
+        description="check: a standalone early-exit check; shared: with passthrough and the latent_guardrail main "
+                    "LLM, the check and the answer share one prefill; auto: shared when possible, else check.")
+    on_error: Literal["block", "allow"] = Field(
+        default="block", description="What an internal failure of the guard does (never cached).")
+    on_block: Literal["refuse", "steer"] = Field(
+        default="refuse",
+        description="refuse: the flow's refusal ('bot refuse to respond'); steer: the host writes its own refusal "
+                    "with the refusal direction added (a second pass, for blocked prompts only).")
+    steer_max_new_tokens: int = Field(
+        default=64, ge=1, le=4096,
+        description="Most tokens of a steered refusal (check mode; a shared prefill uses the answer's budget).")
+
+    @classmethod
+    def from_custom_data(cls, custom_data: Mapping[str, Any] | None) -> LatentGuardRailSettings:
+        """Validate ``custom_data[SETTINGS_KEY]`` (missing = all defaults).
+
+        Raises:
+            NemoConfigError: not a mapping, an unknown key, or a bad value (the message names each one).
+        """
+        raw = (custom_data or {}).get(SETTINGS_KEY)
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise NemoConfigError(f"custom_data.{SETTINGS_KEY} must be a mapping of settings, got "
+                                  f"{type(raw).__name__}; valid keys: {', '.join(cls.model_fields)}")
+        try:
+            return cls.model_validate(dict(raw))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or SETTINGS_KEY}: {error['msg']}"
+                for error in exc.errors())
+            raise NemoConfigError(f"custom_data.{SETTINGS_KEY} is invalid: {problems} "
+                                  f"(valid keys: {', '.join(cls.model_fields)})") from None
 
 
 _GUARDS: weakref.WeakValueDictionary[tuple[str, str], LatentGuard] = weakref.WeakValueDictionary()

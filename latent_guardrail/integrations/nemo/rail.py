@@ -8,13 +8,20 @@ With ``passthrough: true`` and a :class:`~latent_guardrail.integrations.nemo.pro
 on the guard's host (``mode: auto`` or ``shared``), the check is a guarded generation: the prefill that reads the
 verdict also answers an allowed prompt, and the answer waits in the model's :class:`PreparedAnswers` for the
 main-LLM call of the same request — one prefill per request. A blocked prompt stops its prefill at the last layer
-the guard reads. Torch work runs in worker threads (``asyncio.to_thread``), never on the event loop.
+the guard reads. Torch work runs in worker threads, never on the event loop: a plain check in the guard's own
+worker (:meth:`~latent_guardrail.LatentGuard.acheck`), a guarded generation or a steered refusal in
+``asyncio.to_thread``. Every failure verdict comes from the guard
+(:meth:`~latent_guardrail.LatentGuard.failure_verdict`: logged with its reason code, ``on_error`` applied).
+
+Imports go one way: this module imports the action (:mod:`.actions`) and the settings (:mod:`.loading`); the
+rail folder's ``config.py`` imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,13 @@ from nemoguardrails.context import generation_options_var, raw_llm_request
 from latent_guardrail.errors import InputError, LatentGuardError
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.guarded import GuardedResult, OnBlock, guarded_generate, steered_refusal
-from latent_guardrail.integrations.nemo.config import LatentGuardRailSettings
-from latent_guardrail.integrations.nemo.loading import NemoConfigError, resolve_guard_path, shared_guard
+from latent_guardrail.integrations.nemo.actions import ACTION_NAME, RAIL_PARAM, latent_guard_check_input
+from latent_guardrail.integrations.nemo.loading import (
+    LatentGuardRailSettings,
+    NemoConfigError,
+    resolve_guard_path,
+    shared_guard,
+)
 from latent_guardrail.integrations.nemo.provider import (
     PROVIDER_NAME,
     LatentHostModel,
@@ -41,10 +53,8 @@ __all__ = ["ACTION_NAME", "FLOW_NAME", "RAIL_PARAM", "LatentGuardRail", "rail_pa
 
 logger = logging.getLogger(__name__)
 
-ACTION_NAME = "latent_guard_check_input"
 FLOW_NAME = "latent guard check input"
-RAIL_PARAM = "latent_guard_rail"
-"""Name of the action parameter through which NeMo hands the app's :class:`LatentGuardRail` to the action."""
+"""The input-rail flow that runs the action (``flows.co``, ``flows.v1.co``)."""
 
 
 def rail_path() -> str:
@@ -109,12 +119,9 @@ class LatentGuardRail:
             if sharing is not None:
                 return await self._shared(prompt, sharing)
             return await self._check(prompt)
-        except Exception as exc:  # the failure policy decides; the exception is logged, never swallowed silently
-            logger.exception("latent guard rail failed")
-            verdict = Verdict.from_failure(f"internal_error:{type(exc).__name__}",
-                                           block=self.settings.on_error == "block", mode=self.guard.mode,
-                                           threshold=self.guard.threshold, fingerprint=self.guard.fingerprint)
-            return rail_outcome(verdict)
+        except Exception as exc:  # the failure policy decides; the guard logs the failure with its reason code
+            logger.debug("latent guard rail failed", exc_info=True)
+            return rail_outcome(self.guard.failure_verdict(exc))  # on_error is block or allow here: never raises
 
     # ------------------------------------------------------------------ internals
     def _prompt(self, text: str, config: Any) -> Prompt:
@@ -146,7 +153,7 @@ class LatentGuardRail:
         return None
 
     async def _check(self, prompt: Prompt) -> RailOutcome:
-        verdict = await asyncio.to_thread(self.guard.check, prompt)
+        verdict = await self.guard.acheck(prompt)
         refusal = None
         if verdict.harmful and verdict.status == "ok" and self.settings.on_block == "steer":
             refusal = await self._steered(prompt)
@@ -181,9 +188,12 @@ class LatentGuardRail:
 
 
 def _empty_outcome(guard: LatentGuard) -> RailOutcome:
-    verdict = Verdict.from_failure("empty_message", block=True, mode=guard.mode, threshold=guard.threshold,
-                                   fingerprint=guard.fingerprint)
-    return rail_outcome(verdict)
+    """An empty message blocks whatever ``on_error`` says: there is nothing to judge and nothing to answer."""
+    reason = "empty_message"
+    logger.warning("latent guard rail blocked an empty message (%s)", reason, extra={"reason": reason})
+    threshold = guard.threshold if math.isfinite(guard.threshold) else 0.0
+    return rail_outcome(Verdict.from_failure(reason, block=True, mode=guard.mode, threshold=threshold,
+                                             fingerprint=guard.fingerprint))
 
 
 def _check_steering(guard: LatentGuard) -> None:
@@ -227,8 +237,6 @@ def register(app: Any, guard: LatentGuard | None = None) -> LatentGuardRail | No
         NemoConfigError: invalid settings, a missing or unfit artifact, ``on_block: steer`` without a refusal
             direction, ``mode: shared`` without passthrough and the latent main LLM.
     """
-    from latent_guardrail.integrations.nemo.actions import latent_guard_check_input
-
     config = app.config
     settings = LatentGuardRailSettings.from_custom_data(getattr(config, "custom_data", None))
     _check_mode(config, settings, getattr(app, "llm", None))
