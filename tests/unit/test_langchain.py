@@ -122,20 +122,21 @@ def test_runnable_rejects_bad_construction(guard: LatentGuard) -> None:
 
 def test_ainvoke_runs_off_the_event_loop(guard: LatentGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[int] = []
-    original = guard.check
+    original = guard.check_batch
 
-    def spy(prompt: Any) -> Verdict:
+    def spy(prompts: Any, **kwargs: Any) -> list[Verdict]:
         threads.append(threading.get_ident())
-        return original(prompt)
+        return original(prompts, **kwargs)
 
-    monkeypatch.setattr(guard, "check", spy)
+    monkeypatch.setattr(guard, "check_batch", spy)  # what LatentGuard.acheck runs in the guard's worker thread
     check = LatentGuardRunnable(guard, output="verdict")
 
-    async def run() -> tuple[Verdict, int]:
-        return await check.ainvoke(ALLOWED), threading.get_ident()
+    async def run() -> tuple[Verdict, list[Verdict], int]:
+        return await check.ainvoke(ALLOWED), await check.abatch([ALLOWED, BLOCKED]), threading.get_ident()
 
-    verdict, loop_thread = asyncio.run(run())
-    assert verdict == original(ALLOWED) and threads and threads[0] != loop_thread
+    verdict, verdicts, loop_thread = asyncio.run(run())
+    assert verdict == original([ALLOWED])[0] and verdicts == original([ALLOWED, BLOCKED])
+    assert len(threads) == 2 and loop_thread not in threads  # one batched call each, never on the event loop
 
 
 def test_batch_is_one_check_batch_call(guard: LatentGuard, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,6 @@ or ``ainvoke`` stops decoding at the next token.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import closing
@@ -33,7 +32,7 @@ from pydantic import ConfigDict, Field
 from ...errors import InputError
 from ...guard import LatentGuard
 from ...guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedEvent, GuardedResult, Usage, guarded_stream
-from ...streaming import iterate_in_thread
+from ...streaming import call_in_thread, drain, iterate_in_thread
 from ...verdict import Verdict
 from .messages import METADATA_KEY, to_prompt, verdict_metadata
 
@@ -120,12 +119,7 @@ class GuardedChatModel(BaseChatModel):
 
     def _run(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
              cancel: threading.Event | None = None) -> ChatResult:
-        result: GuardedResult | None = None
-        for event in self._events(messages, stop, kwargs, cancel):
-            if isinstance(event, GuardedResult):
-                result = event
-        if result is None:  # pragma: no cover - guarded_stream always ends with a result
-            raise RuntimeError("guarded generation ended without a result")
+        result = drain(self._events(messages, stop, kwargs, cancel), GuardedResult, "guarded generation")
         metadata = {METADATA_KEY: verdict_metadata(result.verdict), "model_name": self.guard.host.name,
                     "finish_reason": result.finish_reason, "blocked": result.blocked}
         message = AIMessage(content=result.text, response_metadata=metadata, usage_metadata=_usage(result.usage))
@@ -139,11 +133,8 @@ class GuardedChatModel(BaseChatModel):
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        cancel = threading.Event()
-        try:
-            return await asyncio.to_thread(self._run, messages, stop, kwargs, cancel)
-        finally:
-            cancel.set()  # cancelled while the thread still decodes: stop it at the next token
+        # cancelled while the thread still decodes: call_in_thread sets cancel, decoding stops at the next token
+        return await call_in_thread(lambda cancel: self._run(messages, stop, kwargs, cancel))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:

@@ -4,10 +4,11 @@ Conversion rules (each bad case is an :class:`~latent_guardrail.InputError`, nev
 
 - a ``str`` is one user message; a ``PromptValue`` or a ``BaseMessage`` becomes its messages; a sequence is
   converted with ``convert_to_messages`` (messages, ``("user", "...")`` tuples, ``{"role", "content"}`` dicts);
-- human → ``user``, AI → ``assistant``, system → ``system``; tool messages are left out (tool output is not a user
+- human → ``user``, AI → ``assistant``, system → ``system`` (the core's
+  :func:`~latent_guardrail.messages.guard_role`); tool messages are left out (tool output is not a user
   instruction) and so are AI messages with no text (tool calls only);
-- content parts: the text parts are joined; images and other parts are ignored; a last user message with no
-  text at all is an error (the guard reads text);
+- content parts: the text parts are joined (:func:`~latent_guardrail.messages.content_text`); images and other
+  parts are ignored; a last user message with no text at all is an error (the guard reads text);
 - ``trailing="drop"`` judges the conversation up to its last user message (a guard checking an agent's state);
   ``trailing="error"`` requires the conversation to end with a user message (a chat model answering it).
 """
@@ -18,26 +19,23 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.utils import convert_to_messages
 from langchain_core.prompt_values import PromptValue
 
 from ...errors import InputError
+from ...guard import LatentGuard
 from ...hosts import Host
+from ...messages import END_WITH_USER, content_text, guard_role
 from ...positions import Message, Prompt
 from ...verdict import Verdict
-
-if TYPE_CHECKING:
-    from ...guard import LatentGuard
 
 __all__ = ["METADATA_KEY", "guard_for", "host_from_langchain", "to_prompt", "verdict_metadata", "verdict_of"]
 
 METADATA_KEY = "latent_guard"
 """Key of the verdict in an ``AIMessage``'s ``response_metadata``."""
-
-_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
 
 
 def to_prompt(value: Any, *, trailing: Literal["drop", "error"] = "drop") -> Prompt:
@@ -71,7 +69,7 @@ def _messages_to_prompt(messages: Sequence[BaseMessage], trailing: str) -> list[
         role = _role(message)
         if role is None:
             continue
-        text = _text(message.content)
+        text = content_text(message.content)
         if role == "assistant" and not text:
             continue  # tool calls only
         out.append({"role": role, "content": text, "index": str(index)})
@@ -81,8 +79,8 @@ def _messages_to_prompt(messages: Sequence[BaseMessage], trailing: str) -> list[
     last = users[-1]
     if trailing == "error" and int(out[last]["index"]) != len(messages) - 1:
         after = messages[-1].type
-        raise InputError(f"the conversation must end with a user message to be answered, got a {after!r} message "
-                         "after it (GuardedChatModel answers system/user/assistant conversations; no tool turns)")
+        raise InputError(f"{END_WITH_USER}, got a {after!r} message after it (GuardedChatModel answers "
+                         "system/user/assistant conversations; no tool turns)")
     if not out[last]["content"].strip():
         raise InputError(f"message {out[last]['index']}: the last user message has no text (the guard reads text; "
                          "images and other content parts are ignored)")
@@ -99,22 +97,8 @@ def _role(message: BaseMessage) -> str | None:
     if isinstance(message, SystemMessage):
         return "system"
     if isinstance(message, ChatMessage):
-        return _ROLES.get(message.role.lower())
-    return _ROLES.get(message.type)
-
-
-def _text(content: Any) -> str:
-    """The text of a message content: a str, or the text parts of a list of content blocks."""
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    if isinstance(content, Sequence):
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-    return "\n".join(parts)
+        return guard_role(message.role.lower())
+    return guard_role(message.type)
 
 
 def verdict_metadata(verdict: Verdict) -> dict[str, Any]:
@@ -169,8 +153,6 @@ def host_from_langchain(model: Any, name: str | None = None) -> Host:
 def guard_for(model: Any, path: str | os.PathLike[str] = "default", **kwargs: Any) -> LatentGuard:
     """A guard for a LangChain model's weights: a :class:`GuardedChatModel`'s own guard, or the saved guard at
     ``path`` loaded onto the model's host (fingerprint-checked), e.g. for a ``ChatHuggingFace``."""
-    from ...guard import LatentGuard
-
     guard = getattr(model, "guard", None)
     if isinstance(guard, LatentGuard):
         return guard

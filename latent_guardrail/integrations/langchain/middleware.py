@@ -11,7 +11,6 @@ A block ends the run before the first model call (``before_agent`` with ``jump_t
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any, Literal
 
@@ -24,9 +23,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
+from ...decoding import check_max_new_tokens
 from ...errors import InputError
 from ...guard import LatentGuard
 from ...guarded import DEFAULT_REFUSAL, LatentGuardBlocked, steered_refusal
+from ...positions import Prompt
+from ...streaming import call_in_thread
+from ...verdict import Verdict
 from .messages import METADATA_KEY, guard_for, to_prompt, verdict_metadata
 
 __all__ = ["LatentGuardMiddleware"]
@@ -49,8 +52,7 @@ class LatentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             raise InputError(f"LatentGuardMiddleware needs a LatentGuard, got {type(guard).__name__}")
         if on_block not in ("refuse", "raise", "steer"):
             raise InputError(f"on_block must be 'refuse', 'raise' or 'steer', got {on_block!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        check_max_new_tokens(max_new_tokens)
         super().__init__()
         self.guard = guard
         self.refusal = refusal
@@ -63,16 +65,18 @@ class LatentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         guard saved at ``path`` loaded onto a ``ChatHuggingFace``'s model and tokenizer (no second copy)."""
         return cls(guard_for(model, path), **kwargs)
 
-    def _judge(self, state: AgentState[Any]) -> dict[str, Any] | None:
-        prompt = to_prompt(state["messages"], trailing="drop")
-        verdict = self.guard.check(prompt)
-        if not verdict.harmful:
-            return None
-        if self.on_block == "raise":
+    def _blocked(self, verdict: Verdict) -> bool:
+        """Whether ``verdict`` ends the run (``on_block="raise"`` raises :class:`LatentGuardBlocked` instead)."""
+        if verdict.harmful and self.on_block == "raise":
             raise LatentGuardBlocked(verdict)
-        text = self.refusal
-        if self.on_block == "steer":
-            text = steered_refusal(self.guard, prompt, max_new_tokens=self.max_new_tokens).text
+        return verdict.harmful
+
+    def _steered_text(self, prompt: Prompt) -> str:
+        """The host's own refusal of ``prompt`` under refusal-direction steering (a guarded generation)."""
+        return steered_refusal(self.guard, prompt, max_new_tokens=self.max_new_tokens).text
+
+    def _refusal(self, verdict: Verdict, text: str) -> dict[str, Any]:
+        """The update that answers ``text`` (carrying ``verdict``) and ends the run."""
         refusal = AIMessage(content=text,
                             response_metadata={METADATA_KEY: verdict_metadata(verdict), "finish_reason": "blocked"})
         return {"messages": [refusal], "jump_to": "end"}
@@ -80,9 +84,20 @@ class LatentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     @hook_config(can_jump_to=["end"])
     def before_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Block (refusal + jump to the end) or let the agent run."""
-        return self._judge(state)
+        prompt = to_prompt(state["messages"], trailing="drop")
+        verdict = self.guard.check(prompt)
+        if not self._blocked(verdict):
+            return None
+        return self._refusal(verdict, self._steered_text(prompt) if self.on_block == "steer" else self.refusal)
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """:meth:`before_agent` with the model work in a worker thread."""
-        return await asyncio.to_thread(self._judge, state)
+        """:meth:`before_agent` without blocking the event loop: the check in the guard's worker thread
+        (:meth:`LatentGuard.acheck`), a steered refusal in a worker thread of its own."""
+        prompt = to_prompt(state["messages"], trailing="drop")
+        verdict = await self.guard.acheck(prompt)
+        if not self._blocked(verdict):
+            return None
+        if self.on_block != "steer":
+            return self._refusal(verdict, self.refusal)
+        return self._refusal(verdict, await call_in_thread(lambda _cancel: self._steered_text(prompt)))

@@ -8,12 +8,12 @@
     chain.invoke("How do I kill a stuck process?")        # the model's answer
 
 ``batch``/``abatch`` judge all inputs with one ``check_batch`` call (batched forward passes); the async methods
-run torch work in a worker thread, never on the event loop.
+use :meth:`LatentGuard.acheck`/:meth:`~LatentGuard.acheck_batch` (the guard's worker thread), so torch work never
+runs on the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -74,13 +74,7 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
 
     def _judge_many(self, values: list[Any]) -> list[Any]:
         """Outputs (or exceptions, in place) for ``values``, judged with one ``check_batch`` call."""
-        results: list[Any] = [None] * len(values)
-        prompts: list[tuple[int, Prompt]] = []
-        for index, value in enumerate(values):
-            try:
-                prompts.append((index, to_prompt(value)))
-            except InputError as exc:
-                results[index] = exc
+        results, prompts = _prompts_of(values)
         try:
             verdicts: list[Verdict | Exception] = list(self.guard.check_batch([prompt for _, prompt in prompts]))
         except InputError:  # one prompt the core rejects: judge them one by one to name it
@@ -90,6 +84,26 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
                     verdicts.append(self.guard.check(prompt))
                 except InputError as exc:
                     verdicts.append(exc)
+        return self._outputs(values, results, prompts, verdicts)
+
+    async def _ajudge_many(self, values: list[Any]) -> list[Any]:
+        """:meth:`_judge_many` with :meth:`LatentGuard.acheck_batch` (one batched call in the guard's worker)."""
+        results, prompts = _prompts_of(values)
+        try:
+            verdicts: list[Verdict | Exception] = list(
+                await self.guard.acheck_batch([prompt for _, prompt in prompts]))
+        except InputError:  # one prompt the core rejects: judge them one by one to name it
+            verdicts = []
+            for _, prompt in prompts:
+                try:
+                    verdicts.append(await self.guard.acheck(prompt))
+                except InputError as exc:
+                    verdicts.append(exc)
+        return self._outputs(values, results, prompts, verdicts)
+
+    def _outputs(self, values: list[Any], results: list[Any], prompts: list[tuple[int, Prompt]],
+                 verdicts: list[Verdict | Exception]) -> list[Any]:
+        """Fill ``results`` with the output (or exception) of each judged prompt; returns ``results``."""
         for (index, _), verdict in zip(prompts, verdicts, strict=True):
             if isinstance(verdict, Exception):
                 results[index] = verdict
@@ -106,10 +120,10 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
         return self._call_with_config(self._judge_one, input, config, run_type="chain")
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        """:meth:`invoke` with the model work in a worker thread."""
+        """:meth:`invoke` with the model work in the guard's worker thread (:meth:`LatentGuard.acheck`)."""
 
         async def judge(value: Any) -> Any:
-            return await asyncio.to_thread(self._judge_one, value)
+            return self._finish(value, await self.guard.acheck(to_prompt(value)))
 
         return await self._acall_with_config(judge, input, config, run_type="chain")
 
@@ -121,13 +135,22 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
 
     async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
                      return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
-        """:meth:`batch` with the model work in a worker thread."""
-
-        async def judge(values: list[Any]) -> list[Any]:
-            return await asyncio.to_thread(self._judge_many, values)
-
-        return await self._abatch_with_config(judge, inputs, config, return_exceptions=return_exceptions,
+        """:meth:`batch` with the model work in the guard's worker thread (:meth:`LatentGuard.acheck_batch`)."""
+        return await self._abatch_with_config(self._ajudge_many, inputs, config, return_exceptions=return_exceptions,
                                               run_type="chain")
+
+
+def _prompts_of(values: list[Any]) -> tuple[list[Any], list[tuple[int, Prompt]]]:
+    """``(results, prompts)``: an InputError in place for each value that is no prompt, ``(index, prompt)`` for
+    the others."""
+    results: list[Any] = [None] * len(values)
+    prompts: list[tuple[int, Prompt]] = []
+    for index, value in enumerate(values):
+        try:
+            prompts.append((index, to_prompt(value)))
+        except InputError as exc:
+            results[index] = exc
+    return results, prompts
 
 
 def _wrap(value: Any) -> dict[str, Any]:

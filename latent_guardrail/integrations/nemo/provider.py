@@ -15,16 +15,16 @@ comes from the answer's own prefill (``guarded: false`` generates plainly). With
 rail on the same host, the rail's prefill already produced the answer: :meth:`LatentHostModel.generate_async`
 returns it instead of running the prompt again (see :class:`PreparedAnswers`).
 
-Generation runs in a worker thread (``asyncio.to_thread``); the host lock serialises work on the model, and a
-cancelled call stops decoding at the next token.
+Generation runs in a worker thread (:func:`~latent_guardrail.streaming.call_in_thread`, or
+:func:`~latent_guardrail.streaming.iterate_in_thread` for streams); the host lock serialises work on the model, and
+a cancelled call stops decoding at the next token. Both paths decode with the package's one loop
+(:mod:`latent_guardrail.decoding`); call options are validated there, once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -33,17 +33,17 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from nemoguardrails.types import ChatMessage, LLMResponse, LLMResponseChunk, UsageInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from latent_guardrail.decoding import CallOptions, call_options, generate
 from latent_guardrail.errors import InputError
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedResult, Usage, guarded_stream
 from latent_guardrail.integrations.nemo.loading import NemoConfigError, resolve_guard_path, shared_guard
-from latent_guardrail.layers import input_device
+from latent_guardrail.messages import content_text, guard_role, require_user_last
 from latent_guardrail.positions import Message, Prompt
-from latent_guardrail.streaming import iterate_in_thread
+from latent_guardrail.streaming import call_in_thread, drain, iterate_in_thread
 from latent_guardrail.verdict import Verdict
 
 __all__ = ["PROVIDER_NAME", "CallOptions", "HostModelOptions", "LatentHostModel", "PreparedAnswers",
@@ -56,7 +56,6 @@ PROVIDER_NAME = "latent_guardrail"
 
 METADATA_KEY = "latent_guard"
 _FINISH = {"stop": "stop", "length": "length", "blocked": "content_filter", "cancelled": "other"}
-_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 _IGNORED_CALL_OPTIONS = frozenset({"top_p", "top_k", "n", "presence_penalty", "frequency_penalty", "logprobs"})
 
 
@@ -95,20 +94,11 @@ class _Answer:
                    verdict=result.verdict)
 
 
-@dataclass(frozen=True)
-class CallOptions:
-    """The generation options of one call: the model's defaults with the call's overrides."""
-
-    max_new_tokens: int
-    temperature: float
-    seed: int | None
-    stop: tuple[str, ...]
-
-
 def prompt_from_nemo(prompt: str | Sequence[ChatMessage | Mapping[str, Any]]) -> Prompt:
     """The guard's prompt for what NeMo hands a model: a ``str`` (one user message) or chat messages.
 
-    Tool messages are left out (tool output is not a user instruction); content parts are joined as text.
+    Tool messages are left out (tool output is not a user instruction); the text parts of a content are joined
+    (:func:`latent_guardrail.messages.content_text`).
 
     Raises:
         InputError: an empty message list, an unknown role, or no user message at the end.
@@ -120,24 +110,15 @@ def prompt_from_nemo(prompt: str | Sequence[ChatMessage | Mapping[str, Any]]) ->
     messages: list[Message] = []
     for index, item in enumerate(prompt):
         message = item if isinstance(item, ChatMessage) else ChatMessage.from_dict(dict(item))
-        role = message.role.value
-        if role == "tool":
+        name = message.role.value
+        if name == "tool":
             continue
-        if role not in _ROLES:
-            raise InputError(f"message {index}: unsupported role {role!r}")
-        messages.append({"role": _ROLES[role], "content": _text(message.content)})
-    if not messages or messages[-1]["role"] != "user":
-        raise InputError("the conversation must end with a user message to be answered")
+        role = guard_role(name)
+        if role is None:
+            raise InputError(f"message {index}: unsupported role {name!r}")
+        messages.append({"role": role, "content": content_text(message.content)})
+    require_user_last(messages)
     return messages
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = [part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"]
-    return "\n".join(str(part) for part in parts)
 
 
 def prompt_key(prompt: Prompt) -> str:
@@ -263,11 +244,8 @@ class LatentHostModel:
         prepared = self.prepared.take(guard_prompt, options)
         if prepared is not None:
             return self._response(_Answer.of(prepared), shared=True)
-        cancel = threading.Event()
-        try:
-            result = await asyncio.to_thread(self._generate, guard_prompt, options, cancel)
-        finally:
-            cancel.set()  # cancelled while the thread still decodes: stop it at the next token
+        # cancelled while the thread still decodes: call_in_thread sets cancel, decoding stops at the next token
+        result = await call_in_thread(lambda cancel: self._generate(guard_prompt, options, cancel))
         return self._response(result, shared=False)
 
     async def stream_async(self, prompt: str | list[ChatMessage], *, stop: list[str] | None = None,
@@ -281,7 +259,7 @@ class LatentHostModel:
             yield self._last_chunk(_Answer.of(prepared), shared=True)
             return
         if not self.options.guarded:
-            result = await asyncio.to_thread(self._plain, guard_prompt, options)
+            result = await call_in_thread(lambda cancel: self._plain(guard_prompt, options, cancel))
             yield LLMResponseChunk(delta_content=result.text, model=self.model_name)
             yield self._last_chunk(result, shared=False)
             return
@@ -318,21 +296,10 @@ class LatentHostModel:
         max_new_tokens = kwargs.get("max_new_tokens", kwargs.get("max_tokens"))
         temperature = kwargs.get("temperature")
         seed = kwargs.get("seed")
-        if stop is None:
-            stop = kwargs.get("stop")
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        options = CallOptions(
-            max_new_tokens=self.options.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            temperature=self.options.temperature if temperature is None else temperature,
-            seed=self.options.seed if seed is None else seed,
-            stop=stops)
-        if isinstance(options.max_new_tokens, bool) or not isinstance(options.max_new_tokens, int) \
-                or options.max_new_tokens < 1:
-            raise InputError(f"max_tokens must be a positive int, got {options.max_new_tokens!r}")
-        if isinstance(options.temperature, bool) or not isinstance(options.temperature, int | float) \
-                or not math.isfinite(options.temperature) or options.temperature < 0:
-            raise InputError(f"temperature must be a finite number >= 0, got {options.temperature!r}")
-        return options
+        return call_options(self.options.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                            self.options.temperature if temperature is None else temperature,
+                            self.options.seed if seed is None else seed,
+                            kwargs.get("stop") if stop is None else stop, max_tokens_name="max_tokens")
 
     def shares_host_with(self, guard: LatentGuard) -> bool:
         """Whether this model answers on ``guard``'s host (same model object): the rail can share its prefill."""
@@ -345,39 +312,20 @@ class LatentHostModel:
 
     def _generate(self, prompt: Prompt, options: CallOptions, cancel: threading.Event) -> _Answer:
         if not self.options.guarded:
-            return self._plain(prompt, options)
-        final: GuardedResult | None = None
-        for event in guarded_stream(self.guard, prompt, on_block="refuse", refusal=self.options.refusal,
-                                    cancel=cancel, **self._generate_kwargs(options)):
-            if isinstance(event, GuardedResult):
-                final = event
-        if final is None:  # pragma: no cover - guarded_stream always ends with a result
-            raise RuntimeError("guarded generation ended without a result")
-        return _Answer.of(final)
+            return self._plain(prompt, options, cancel)
+        events = guarded_stream(self.guard, prompt, on_block="refuse", refusal=self.options.refusal, cancel=cancel,
+                                **self._generate_kwargs(options))
+        return _Answer.of(drain(events, GuardedResult, "guarded generation"))
 
-    def _plain(self, prompt: Prompt, options: CallOptions) -> _Answer:
-        """Unguarded generation with ``model.generate`` (``guarded: false``): no verdict."""
+    def _plain(self, prompt: Prompt, options: CallOptions, cancel: threading.Event | None = None) -> _Answer:
+        """Unguarded generation (``guarded: false``): a plain prefill and the shared decoding loop; no verdict."""
         host = self.guard.host
         encoding = self.guard.encode(prompt)
-        sample = options.temperature > 0
-        with host.lock, torch.inference_mode():
-            if sample and options.seed is not None:
-                torch.manual_seed(options.seed)
-            input_ids = torch.tensor([encoding.input_ids], dtype=torch.long, device=input_device(host.model))
-            pad_id = host.tokenizer.pad_token_id if host.tokenizer.pad_token_id is not None \
-                else host.tokenizer.eos_token_id
-            output = host.model.generate(  # type: ignore[operator]
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=options.max_new_tokens,
-                do_sample=sample, temperature=options.temperature if sample else None, top_p=None, top_k=None,
-                pad_token_id=pad_id)
-        tokens = tuple(int(token) for token in output[0, input_ids.shape[1]:])
-        text = str(host.tokenizer.decode(list(tokens), skip_special_tokens=True))
-        finish = "length" if len(tokens) >= options.max_new_tokens else "stop"
-        for stop in options.stop:
-            if stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-        return _Answer(text=text, usage=Usage(len(encoding.input_ids), len(tokens)), finish_reason=finish,
-                       blocked=False, verdict=None)
+        with host.lock:
+            decoded = generate(host.model, host.tokenizer, encoding.input_ids, options,
+                               max_positions=host.max_positions, cancel=cancel)
+        return _Answer(text=decoded.text, usage=Usage(len(encoding.input_ids), len(decoded.tokens)),
+                       finish_reason=decoded.finish_reason, blocked=False, verdict=None)
 
     # ------------------------------------------------------------------ NeMo types
     def _metadata(self, result: _Answer, shared: bool) -> dict[str, Any]:
