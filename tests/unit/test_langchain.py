@@ -393,6 +393,33 @@ def test_middleware_async(guard: LatentGuard) -> None:
             {"messages": [HumanMessage(BLOCKED)]})
 
 
+def test_middleware_async_checks_with_acheck_and_steers_like_the_sync_hook(guard: LatentGuard,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from latent_guardrail.guarded import steered_refusal
+
+    steering = guard.with_settings(steer_layer=1, steer_coeff=8.0, steer_fallback=False)
+    checked: list[Any] = []
+    original = steering.acheck
+
+    async def spy(prompt: Any) -> Verdict:
+        checked.append(prompt)
+        return await original(prompt)
+
+    monkeypatch.setattr(steering, "acheck", spy)
+    middleware = LatentGuardMiddleware(steering, on_block="steer", max_new_tokens=4)
+    calls = ModelCalls()
+    agent = create_agent(_fake("agent answer"), tools=[], middleware=[middleware])
+    state = asyncio.run(agent.ainvoke({"messages": [HumanMessage(BLOCKED)]}, config={"callbacks": [calls]}))
+    assert calls.count == 0 and checked == [[{"role": "user", "content": BLOCKED}]]
+    assert state["messages"][-1].content == steered_refusal(steering, BLOCKED, max_new_tokens=4).text
+    assert verdict_of(state["messages"][-1]) == guard.check(BLOCKED)
+    state = asyncio.run(agent.ainvoke({"messages": [HumanMessage(ALLOWED)]}, config={"callbacks": [calls]}))
+    assert calls.count == 1 and state["messages"][-1].content == "agent answer"
+    raising = create_agent(_fake("x"), tools=[], middleware=[LatentGuardMiddleware(guard, on_block="raise")])
+    with pytest.raises(LatentGuardBlocked):
+        asyncio.run(raising.ainvoke({"messages": [HumanMessage(BLOCKED)]}))
+
+
 def test_middleware_reuses_a_guarded_chat_model(llm: GuardedChatModel) -> None:
     middleware = LatentGuardMiddleware.from_model(llm)
     assert middleware.guard is llm.guard
