@@ -3,15 +3,20 @@
 Without ``--config`` the app is built in code (:func:`build_config`): the default host as the ``latent_guardrail``
 main LLM, ``passthrough: true`` and the ``latent guard check input`` rail. With ``--config FOLDER`` any NeMo
 config folder is used (e.g. ``integrations/nemoguardrails``). Each answer is followed by the rail's verdict.
-This module imports NeMo only inside the command, so registering the command costs nothing.
+This module imports NeMo (and the NeMo adapter, which needs it) only inside the functions that use it, so
+registering the command costs nothing.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 import typer
+
+from latent_guardrail.errors import LatentGuardError
 
 __all__ = ["build_config", "chat_loop", "nemo_chat_command", "rail_line"]
 
@@ -23,8 +28,6 @@ def build_config(*, max_new_tokens: int = 128, colang: str = "1.0", on_block: st
     Raises:
         NemoConfigError: ``colang`` is not ``1.0`` or ``2.x``.
     """
-    import json
-
     from nemoguardrails import RailsConfig
 
     from latent_guardrail.integrations.nemo.loading import NemoConfigError
@@ -115,11 +118,7 @@ def nemo_chat_command(
     verdict: Annotated[bool, typer.Option(help="Print the rail's verdict after each answer.")] = True,
 ) -> None:
     """Chat in the terminal with a NeMo Guardrails app guarded by the latent guard (/reset, /quit, Ctrl-D)."""
-    import sys
-
     from nemoguardrails import LLMRails, RailsConfig
-
-    from latent_guardrail.errors import LatentGuardError
 
     try:
         rails_config = RailsConfig.from_path(config) if config is not None else build_config(
