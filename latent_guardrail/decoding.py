@@ -114,8 +114,10 @@ def call_options(max_new_tokens: object, temperature: object = 0.0, seed: int | 
 # ------------------------------------------------------------------------------------------------ model plumbing
 
 def pad_token_id(tokenizer: Any) -> int:
-    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token."""
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token (as the tokenizer
+    holds it: a tokenizer with neither is refused by :func:`~latent_guardrail.positions.pad_batch`)."""
+    value: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return value
 
 
 def end_token_ids(model: nn.Module, tokenizer: Any) -> frozenset[int]:

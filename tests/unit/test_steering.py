@@ -454,7 +454,7 @@ def test_fit_refusal_direction_is_refused_minus_accepted_at_t_post_inst(guard: L
     refused = torch.tensor([i % 3 == 0 for i in range(len(prompts))])
     encodings = encode_batch(guard.host.tokenizer, prompts, system_prompt="be safe")
     states = extract_states(guard.host.model, encodings, list(range(LAYERS + 1)),
-                            pad_token_id=guard.host.tokenizer.pad_token_id, which=("t_post_inst",))[:, 0].double()
+                            pad_token_id=guard.host.tokenizer.pad_token_id, views=("t_post_inst",))[:, 0].double()
     expected = (states[refused].mean(0) - states[~refused].mean(0)).float()
     torch.testing.assert_close(direction.vectors, expected)
     assert direction.kind == "refusal" and "3 refused / 5 accepted" in direction.source
