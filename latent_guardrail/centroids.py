@@ -40,11 +40,13 @@ _F64 = torch.float64
 
 @dataclass(frozen=True)
 class ScoreOutput:
-    """Scores of a batch: ``score`` ``(n,)``, ``layer_scores`` ``(n, layers)``, ``category_scores`` ``(n, C)``."""
+    """Scores of a batch: ``score`` ``(n,)``, ``layer_scores`` ``(n, layers)``, ``category_scores`` ``(n, C)``;
+    ``slot`` ``(n,)``: for a scorer that pools a set view, the slot that decided (else None)."""
 
     score: torch.Tensor
     layer_scores: torch.Tensor
     category_scores: torch.Tensor
+    slot: torch.Tensor | None = None
 
 
 class Scorer(Protocol):

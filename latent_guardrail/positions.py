@@ -21,7 +21,7 @@ method locates the real content wherever such text appears.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +29,7 @@ import pydantic
 import torch
 
 from latent_guardrail.errors import InputError, TemplateError
+from latent_guardrail.segments import clause_ends
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -59,6 +60,13 @@ class PromptEncoding(pydantic.BaseModel, frozen=True):
     last character of the last user content. ``t_post_inst``: ``seq - 1``. ``text``: the rendered prompt;
     ``content_span``: ``[start, end)`` of that user content in ``text``. ``truncated``: the content was cut
     from the left to fit ``max_tokens``. ``sanitized``: special-token text in the contents was neutralised.
+
+    Every user turn: ``user_spans`` are the ``[start, end)`` character spans of all user contents in ``text``
+    (the last one is ``content_span``), ``user_messages`` their indices in the caller's message list (a plain
+    string is message 0). ``ends`` are the token indices of every clause end in those contents
+    (:func:`latent_guardrail.segments.clause_ends`; sorted, unique, the last is ``t_inst``), and
+    ``end_clauses[i]`` is ``(k, start, end)``: the clause that ends at ``ends[i]``, as character offsets into the
+    content of user turn ``k`` (an index into ``user_spans``).
     """
 
     input_ids: tuple[int, ...]
@@ -69,6 +77,10 @@ class PromptEncoding(pydantic.BaseModel, frozen=True):
     truncated: bool = False
     sanitized: bool = False
     t_content_start: int = 0
+    user_spans: tuple[tuple[int, int], ...] = ()
+    user_messages: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()
+    end_clauses: tuple[tuple[int, int, int], ...] = ()
 
     @pydantic.model_validator(mode="after")
     def _check_positions(self) -> PromptEncoding:
@@ -82,6 +94,12 @@ class PromptEncoding(pydantic.BaseModel, frozen=True):
         start, end = self.content_span
         if not 0 <= start < end <= len(self.text):
             raise ValueError(f"content_span {self.content_span} is not a non-empty span of the text")
+        if len(self.end_clauses) != len(self.ends) or list(self.ends) != sorted(set(self.ends)):
+            raise ValueError("ends must be sorted, unique and match end_clauses one to one")
+        if self.ends and not (self.ends[-1] == self.t_inst and 0 <= self.ends[0]):
+            raise ValueError(f"the last clause end must be t_inst={self.t_inst}, got {self.ends[-1]}")
+        if len(self.user_messages) != len(self.user_spans):
+            raise ValueError("user_messages and user_spans must have one entry per user turn")
         return self
 
     @property
@@ -95,7 +113,9 @@ class PaddedBatch:
     """Padded prompts; positions are in padded coordinates.
 
     ``input_ids`` and ``attention_mask``: LongTensor ``(batch, seq)``; ``t_inst``, ``t_post_inst`` and
-    ``t_content_start`` (first token of the last user message's content): LongTensor ``(batch,)``.
+    ``t_content_start`` (first token of the last user message's content): LongTensor ``(batch,)``. ``ends``:
+    LongTensor ``(batch, E)``, every row's clause ends right-aligned (its last column is ``t_inst``) and filled
+    on the left with the row's first end, ``E`` the most ends of a row.
     """
 
     input_ids: torch.Tensor
@@ -103,10 +123,13 @@ class PaddedBatch:
     t_inst: torch.Tensor
     t_post_inst: torch.Tensor
     t_content_start: torch.Tensor
+    ends: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> PaddedBatch:
         """The same batch with every tensor moved to ``device``."""
-        return PaddedBatch(*(tensor.to(device) for tensor in vars(self).values()))
+        ends = None if self.ends is None else self.ends.to(device)
+        return PaddedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.t_inst.to(device),
+                           self.t_post_inst.to(device), self.t_content_start.to(device), ends)
 
 
 def to_messages(prompt: Prompt, system_prompt: str | None = None) -> list[Message]:
@@ -191,7 +214,9 @@ def encode_prompt(
     if max_tokens is not None and (bad_type or max_tokens < 1):
         raise InputError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
     messages, sanitized = _sanitize(tokenizer, to_messages(prompt, system_prompt))
-    encoding = _encode(tokenizer, messages, chat_template, sanitized)
+    first = messages[0]["role"] == "system" and (isinstance(prompt, str) or _role(prompt[0]) != "system")
+    shift = 1 if first else 0  # a system message the guard put in front is not the caller's
+    encoding = _encode(tokenizer, messages, chat_template, sanitized, shift=shift)
     if max_tokens is None or len(encoding.input_ids) <= max_tokens:
         return encoding
 
@@ -201,7 +226,7 @@ def encode_prompt(
 
     def fits(cut: int) -> bool:
         cut_messages = [*messages[:-1], {"role": "user", "content": content[cut:]}]
-        encodings[cut] = _encode(tokenizer, cut_messages, chat_template, sanitized, truncated=True)
+        encodings[cut] = _encode(tokenizer, cut_messages, chat_template, sanitized, truncated=True, shift=shift)
         return len(encodings[cut].input_ids) <= max_tokens
 
     if not fits(last):
@@ -264,6 +289,8 @@ def pad_batch(
     t_inst = torch.empty(len(encodings), dtype=torch.long)
     t_post_inst = torch.empty(len(encodings), dtype=torch.long)
     t_content_start = torch.empty(len(encodings), dtype=torch.long)
+    width = max(len(encoding.ends) or 1 for encoding in encodings)
+    ends = torch.empty((len(encodings), width), dtype=torch.long)
     for row, encoding in enumerate(encodings):
         length = len(encoding.input_ids)
         start = seq - length if side == "left" else 0
@@ -272,7 +299,9 @@ def pad_batch(
         t_inst[row] = start + encoding.t_inst
         t_post_inst[row] = start + encoding.t_post_inst
         t_content_start[row] = start + encoding.t_content_start
-    return PaddedBatch(input_ids, attention_mask, t_inst, t_post_inst, t_content_start)
+        own = list(encoding.ends) or [encoding.t_inst]
+        ends[row] = start + torch.tensor([own[0]] * (width - len(own)) + own, dtype=torch.long)
+    return PaddedBatch(input_ids, attention_mask, t_inst, t_post_inst, t_content_start, ends)
 
 
 def _sanitize(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> tuple[list[Message], bool]:
@@ -307,6 +336,7 @@ def _encode(
     chat_template: str | None,
     sanitized: bool,
     truncated: bool = False,
+    shift: int = 0,
 ) -> PromptEncoding:
     text = render_with_generation_prompt(tokenizer, messages, chat_template=chat_template)
     content_start, content_end = _content_span(tokenizer, messages, text, chat_template)
@@ -326,16 +356,113 @@ def _encode(
         t_inst = min(common - 1 if common == len(head) else common, len(input_ids) - 1)
         lead, _ = _tokenize(tokenizer, text[:content_start])
         t_start = next((i for i, (a, b) in enumerate(zip(lead, input_ids, strict=False)) if a != b), len(lead))
+    t_inst = max(t_inst, 0)
+    users = [i for i, message in enumerate(messages) if message["role"] == "user"]
+    spans = _user_spans(tokenizer, messages, text, chat_template, (content_start, content_end), users)
+    users = users[len(users) - len(spans):]
+    ends, clauses = _clause_tokens(text, spans, _token_finder(tokenizer, text, input_ids, offsets), t_inst)
     return PromptEncoding(
         input_ids=tuple(input_ids),
-        t_inst=max(t_inst, 0),
+        t_inst=t_inst,
         t_post_inst=len(input_ids) - 1,
-        t_content_start=min(max(t_start, 0), max(t_inst, 0)),
+        t_content_start=min(max(t_start, 0), t_inst),
         text=text,
         content_span=(content_start, content_end),
         truncated=truncated,
         sanitized=sanitized,
+        user_spans=tuple(spans),
+        user_messages=tuple(index - shift for index in users),
+        ends=ends,
+        end_clauses=clauses,
     )
+
+
+def _role(message: object) -> object:
+    return message.get("role") if isinstance(message, Mapping) else None
+
+
+def _user_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], text: str, chat_template: str | None,
+                last: tuple[int, int], users: list[int]) -> list[tuple[int, int]]:
+    """Character spans of every user content in ``text`` (a render with one sentinel per user content).
+
+    Falls back to the last user content alone when the template does not render each content once and
+    verbatim (or trimmed) between content-independent pieces.
+    """
+    if len(users) < 2:
+        return [last]
+    number = 0
+    while any(f"zqxu{k}s{number}zqx" in text for k in range(len(users))):
+        number += 1
+    sentinels = [f"zqxu{k}s{number}zqx" for k in range(len(users))]
+    probe = list(messages)
+    for k, index in enumerate(users):
+        probe[index] = {**messages[index], "content": sentinels[k]}
+    try:
+        rendered = render_with_generation_prompt(tokenizer, probe, chat_template=chat_template)
+    except TemplateError:
+        return [last]
+    if any(rendered.count(sentinel) != 1 for sentinel in sentinels):
+        return [last]
+    spans: list[tuple[int, int]] = []
+    pos = rpos = 0
+    for k, sentinel in enumerate(sentinels):
+        at = rendered.find(sentinel, rpos)
+        piece = rendered[rpos:at]
+        if at < 0 or not text.startswith(piece, pos):
+            return [last]
+        pos += len(piece)
+        rpos = at + len(sentinel)
+        following = rendered[rpos:rendered.find(sentinels[k + 1], rpos)] if k + 1 < len(sentinels) else None
+        content = messages[users[k]]["content"]
+        size = next((len(c) for c in (content, content.strip(), content.lstrip(), content.rstrip())
+                     if text.startswith(c, pos) and (following is None or text.startswith(following, pos + len(c)))),
+                    None)
+        if size is None:
+            return [last]
+        spans.append((pos, pos + size))
+        pos += size
+    if text[pos:] != rendered[rpos:] or spans[-1] != last:
+        return [last]
+    return spans
+
+
+def _token_finder(tokenizer: PreTrainedTokenizerBase, text: str, input_ids: list[int],
+                  offsets: list[tuple[int, int]] | None) -> Callable[[int], int | None]:
+    """``char -> index of the last token holding text[char]`` (offsets, or re-tokenizing the text up to it)."""
+    if offsets is not None:
+        owner: dict[int, int] = {}
+        for index, (start, end) in enumerate(offsets):
+            for char in range(start, end):
+                owner[char] = index  # the last token holding a character has seen all of it
+        return owner.get
+
+    def by_prefix(char: int) -> int:  # as for t_inst: the last token of the head, or the one straddling it
+        head, _ = _tokenize(tokenizer, text[:char + 1])
+        common = next((i for i, (a, b) in enumerate(zip(head, input_ids, strict=False)) if a != b), len(head))
+        return min(common - 1 if common == len(head) else common, len(input_ids) - 1)
+
+    return by_prefix
+
+
+def _clause_tokens(text: str, spans: list[tuple[int, int]], token_of: Callable[[int], int | None], t_inst: int
+                   ) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...]]:
+    """Token indices of every clause end in the user contents, and each one's clause (turn, start, end).
+
+    The last end is ``t_inst`` (a clause of the last content whose end token lies past it is dropped).
+    """
+    last_turn = len(spans) - 1
+    whole = (last_turn, 0, spans[-1][1] - spans[-1][0])
+    found: dict[int, tuple[int, int, int]] = {}
+    for turn, (start, end) in enumerate(spans):
+        for clause in clause_ends(text[start:end]):
+            token = token_of(start + clause.end - 1)
+            if token is not None and 0 <= token <= t_inst:
+                found[token] = (turn, clause.start, clause.end)  # a later clause in the same token wins
+    if t_inst not in found:
+        prior = [c for c in found.values() if c[0] == last_turn]
+        found[t_inst] = (last_turn, prior[-1][2], whole[2]) if prior else whole
+    ordered = sorted(found)
+    return tuple(ordered), tuple(found[token] for token in ordered)
 
 
 def _content_span(

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 
 from .centroids import Centroids, PaperScorer, Scorer, TunedScorer
+from .pooled import PooledScorer
 
 __all__ = ["SCORERS", "Scorer", "scorer_class", "scorer_from_artifact", "scorer_tensors"]
 
 SCORERS: Mapping[str, type[Scorer]] = MappingProxyType({
     PaperScorer.mode: PaperScorer,
     TunedScorer.mode: TunedScorer,
+    PooledScorer.mode: PooledScorer,
 })
 """Scorer classes by ``mode`` (read-only)."""
 

@@ -6,14 +6,18 @@ A :class:`View` names one reading of a prompt's states at a layer and says how i
 - a **point** view is the state of one token (``t_inst``: the last token of the last user message;
   ``t_post_inst``: the last prompt token);
 - a **span** view is the mean of the states over an inclusive token span (``content_mean``: the last user
-  message's content tokens ``[t_content_start, t_inst]``).
+  message's content tokens ``[t_content_start, t_inst]``);
+- a **set** view is the states of a fixed number of tokens (``clause_ends``: the last
+  :data:`MAX_CLAUSE_ENDS` clause ends of every user turn, see :mod:`latent_guardrail.segments`; a prompt with
+  fewer repeats its first end, which leaves a max over them unchanged). A set view has ``width`` slots.
 
 Every layer of the package — extraction, the guarded prefill, calibration, evaluation, distributed workers,
 the scorers and the artifact (which stores each view's :meth:`View.spec` and checks it on load) — takes views
 from :data:`VIEWS`, never names plus index slicing. Adding a view is one new entry here.
 
-A capture records the point views first, then the span views (:class:`ViewLayout`); ``t_inst`` is read when
-no point view is asked, because a capture needs at least one point.
+A capture records the point views first, then the slots of the set views, then the span views
+(:class:`ViewLayout`); ``t_inst`` is read when no point or set view is asked, because a capture needs at least
+one point. States of several views are laid out along one axis, each view taking ``width`` slots.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import torch
 from .positions import PaddedBatch
 
 __all__ = ["View", "ViewKind", "ViewLayout", "VIEWS", "POINT_VIEWS", "SPAN_VIEWS", "get_view", "resolve_views",
-           "select_views", "view_names"]
+           "select_views", "view_names", "slot_count", "MAX_CLAUSE_ENDS", "SET_VIEWS"]
 
-ViewKind = Literal["point", "span"]
+ViewKind = Literal["point", "span", "set"]
+
+MAX_CLAUSE_ENDS = 32
+"""Slots of the ``clause_ends`` view: the last this many clause ends of the user's turns are read."""
 
 
 @dataclass(frozen=True)
@@ -39,20 +46,24 @@ class View:
 
     Attributes:
         name: registry key, stored in artifacts and verdicts.
-        kind: ``"point"`` (one token) or ``"span"`` (mean over an inclusive token span).
+        kind: ``"point"`` (one token), ``"span"`` (mean over an inclusive token span) or ``"set"`` (``width``
+            tokens).
         rule: how the tokens are found, in words (stored in an artifact and compared on load).
-        locate: padded batch → ``(batch,)`` token indices (point) or ``(batch, 2)`` inclusive ``[start, end]``
-            (span), in padded coordinates.
+        locate: padded batch → ``(batch,)`` token indices (point), ``(batch, 2)`` inclusive ``[start, end]``
+            (span) or ``(batch, width)`` token indices (set), in padded coordinates.
+        width: slots the view takes along the view axis (1 unless a set).
     """
 
     name: str
     kind: ViewKind
     rule: str
     locate: Callable[[PaddedBatch], torch.Tensor]
+    width: int = 1
 
     def spec(self) -> dict[str, str]:
         """What an artifact stores about this view."""
-        return {"name": self.name, "kind": self.kind, "rule": self.rule}
+        spec = {"name": self.name, "kind": self.kind, "rule": self.rule}
+        return spec if self.kind != "set" else {**spec, "width": str(self.width)}
 
 
 def _t_inst(batch: PaddedBatch) -> torch.Tensor:
@@ -67,16 +78,27 @@ def _content(batch: PaddedBatch) -> torch.Tensor:
     return torch.stack([batch.t_content_start, batch.t_inst], dim=-1)
 
 
+def _clause_ends(batch: PaddedBatch) -> torch.Tensor:
+    ends = batch.ends if batch.ends is not None else batch.t_inst.unsqueeze(-1)
+    if ends.shape[1] >= MAX_CLAUSE_ENDS:
+        return ends[:, -MAX_CLAUSE_ENDS:]
+    fill = ends[:, :1].expand(-1, MAX_CLAUSE_ENDS - ends.shape[1])
+    return torch.cat([fill, ends], dim=1)
+
+
 VIEWS: Mapping[str, View] = MappingProxyType({
     "t_inst": View("t_inst", "point", "last token of the last user message's content (sentinel + offsets)", _t_inst),
     "t_post_inst": View("t_post_inst", "point", "last prompt token, generation prompt included", _t_post_inst),
     "content_mean": View("content_mean", "span",
                          "mean over the last user message's content tokens [t_content_start, t_inst]", _content),
+    "clause_ends": View("clause_ends", "set", "last token of every clause of every user turn (segments.clause_ends), "
+                        "the last ones, first end repeated to fill", _clause_ends, width=MAX_CLAUSE_ENDS),
 })
 """The registry of views, by name (read-only)."""
 
 POINT_VIEWS: tuple[str, ...] = tuple(name for name, view in VIEWS.items() if view.kind == "point")
 SPAN_VIEWS: tuple[str, ...] = tuple(name for name, view in VIEWS.items() if view.kind == "span")
+SET_VIEWS: tuple[str, ...] = tuple(name for name, view in VIEWS.items() if view.kind == "set")
 
 
 def get_view(view: str | View) -> View:
@@ -115,32 +137,50 @@ def view_names(views: Sequence[str | View]) -> tuple[str, ...]:
     return tuple(view.name for view in resolve_views(views))
 
 
+def slot_count(views: Sequence[str | View]) -> int:
+    """Slots ``views`` take along the view axis (the sum of their widths)."""
+    return sum(view.width for view in resolve_views(views))
+
+
+def _slices(views: Sequence[str | View]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    at = 0
+    for view in resolve_views(views):
+        out[view.name] = list(range(at, at + view.width))
+        at += view.width
+    return out
+
+
 def select_views(states: torch.Tensor, have: Sequence[str | View], want: Sequence[str | View]) -> torch.Tensor:
-    """The slices of ``states`` ``(n, len(have), ...)`` for the views ``want``: ``(n, len(want), ...)``.
+    """The slots of ``states`` ``(n, slots(have), ...)`` that hold the views ``want``: ``(n, slots(want), ...)``.
 
     Raises:
         ValueError: a wanted view is not among ``have``, or the view axis does not match ``have``.
     """
-    names = list(view_names(have))
-    if states.dim() < 2 or states.shape[1] != len(names):
+    slices = _slices(have)
+    names = list(slices)
+    if states.dim() < 2 or states.shape[1] != slot_count(have):
         raise ValueError(f"states of shape {tuple(states.shape)} do not hold the {len(names)} views {names}")
-    index = []
+    index: list[int] = []
     for view in view_names(want):
-        if view not in names:
+        if view not in slices:
             raise ValueError(f"view {view!r} was not read; the states hold {names}")
-        index.append(names.index(view))
+        index += slices[view]
     return states[:, index]
 
 
 @dataclass(frozen=True)
 class ViewLayout:
-    """How views map onto one capture: its point slots, its span slots and each view's slot.
+    """How views map onto one capture: its point slots (point views, then the slots of set views), its span
+    slots, and where each asked view's slots are.
 
     Attributes:
         views: the views asked for, in order.
-        points: the point views captured (``t_inst`` when none was asked).
+        points: the point and set views captured (``t_inst`` when none was asked), in capture order.
         spans: the span views captured.
-        order: for each asked view, its index among the capture's slots (points first, then spans).
+        order: for the asked views in order, the indices of their slots among the capture's (points and set
+            slots first, then spans); the capture's states indexed by it are laid out as :func:`select_views`
+            expects.
     """
 
     views: tuple[View, ...]
@@ -152,10 +192,14 @@ class ViewLayout:
     def of(cls, views: Sequence[str | View]) -> ViewLayout:
         """The layout that reads ``views``."""
         asked = resolve_views(views)
-        points = tuple(view for view in asked if view.kind == "point") or (VIEWS["t_inst"],)
+        points = tuple(view for view in asked if view.kind == "point")
+        sets = tuple(view for view in asked if view.kind == "set")
+        if not points and not sets:
+            points = (VIEWS["t_inst"],)
         spans = tuple(view for view in asked if view.kind == "span")
-        slots = [view.name for view in (*points, *spans)]
-        return cls(asked, points, spans, tuple(slots.index(view.name) for view in asked))
+        slots = _slices((*points, *sets, *spans))
+        order = [index for view in asked for index in slots[view.name]]
+        return cls(asked, (*points, *sets), spans, tuple(order))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -163,7 +207,8 @@ class ViewLayout:
         return tuple(view.name for view in self.views)
 
     def locate(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token positions ``(batch, points)`` and inclusive spans ``(batch, spans, 2)`` (or None) to capture."""
-        positions = torch.stack([view.locate(batch) for view in self.points], dim=1)
+        """Token positions ``(batch, point slots)`` and inclusive spans ``(batch, spans, 2)`` (or None)."""
+        positions = torch.cat([view.locate(batch).reshape(batch.t_inst.shape[0], -1) for view in self.points],
+                              dim=1)
         spans = torch.stack([view.locate(batch) for view in self.spans], dim=1) if self.spans else None
         return positions, spans

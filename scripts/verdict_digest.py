@@ -22,11 +22,12 @@ FIXTURE = ROOT / "tests" / "fixtures" / "verdict_digest.json"
 XSTEST = ROOT.parent / "shared" / "data" / "xstest" / "xstest_prompts.csv"
 
 
-def digest_prompts() -> list[str]:
-    """The prompts the digest covers: the bundled calibration sets (harmful, then harmless) and all of XSTest."""
+def digest_prompts(root: Path | None = None) -> list[str]:
+    """The prompts the digest covers: the calibration sets (harmful, then harmless; the bundled ones unless
+    ``root`` is given) and all of XSTest."""
     from latent_guardrail.datasets import read_calibration_sets, read_prompts
 
-    harmful, harmless = read_calibration_sets()
+    harmful, harmless = read_calibration_sets(root)
     xstest = read_prompts(XSTEST)
     return [r.text for r in harmful + harmless] + [r.text for r in xstest]
 
@@ -47,11 +48,17 @@ def digest(verdicts: Sequence[object]) -> str:
     return h.hexdigest()
 
 
-def compute(guard: object | None = None) -> dict[str, object]:
+def compute(guard: object | None = None, root: Path | None = None) -> dict[str, object]:
+    """The digest of ``guard`` (the default guard when None). With ``root``, a guard fitted the way the default
+    guard is (tuned mode, labels only) on the calibration sets under ``root``, and the digest over those sets."""
     from latent_guardrail import LatentGuard
+    from latent_guardrail.datasets import read_calibration_sets
 
+    if guard is None and root is not None:
+        harmful, harmless = read_calibration_sets(root)
+        guard = LatentGuard.calibrate(None, harmful, harmless, mode="tuned", progress=False)
     guard = guard if guard is not None else LatentGuard.load("default", progress=False)
-    prompts = digest_prompts()
+    prompts = digest_prompts(root)
     verdicts = guard.check_batch(prompts)  # type: ignore[attr-defined]
     return {"prompts": len(prompts), "digest": digest(verdicts), "flagged": sum(v.harmful for v in verdicts),
             "fingerprint": guard.fingerprint}  # type: ignore[attr-defined]
@@ -60,8 +67,10 @@ def compute(guard: object | None = None) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"store the digest in {FIXTURE.relative_to(ROOT)}")
+    parser.add_argument("--calibration-root", type=Path, default=None,
+                        help="fit on the harmful/ and harmless/ sets under this folder instead of the bundled ones")
     args = parser.parse_args(argv)
-    result = compute()
+    result = compute(root=args.calibration_root)
     print(json.dumps(result, indent=2))
     if args.write:
         FIXTURE.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,83 @@
+"""Normalise a user's text before the guard judges it: the same request typed differently reads the same.
+
+:func:`normalize_text` applies, in order:
+
+1. Unicode NFKC (full-width letters, ligatures, compatibility forms → their plain form);
+2. removal of zero-width and invisible format characters (U+200B–U+200F, U+2060–U+2064, U+FEFF, U+00AD, …)
+   and of control characters other than tab, line feed and carriage return;
+3. confusable folding: inside a word that mixes Latin letters with Cyrillic or Greek look-alikes
+   ("pаssword" with a Cyrillic а), the look-alikes become the Latin letters they imitate; words written
+   wholly in Cyrillic or Greek are left alone;
+4. optionally, case folding (``str.casefold``).
+
+The guard judges the normalised text; ``verdict.normalized`` says whether it differed from the text as typed.
+Pure string logic: no tokenizer, no model.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+__all__ = ["Normalized", "CONFUSABLES", "normalize_text"]
+
+CONFUSABLES: Mapping[str, str] = MappingProxyType({
+    # Cyrillic lower case
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
+    "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w",
+    # Cyrillic upper case
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "У": "Y",
+    "Х": "X", "І": "I", "Ј": "J", "Ѕ": "S", "Ԁ": "D", "Һ": "H", "Ӏ": "I",
+    # Greek
+    "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P",
+    "Τ": "T", "Υ": "Y", "Χ": "X",
+    # Latin look-alikes from other blocks
+    "ı": "i", "ɡ": "g", "ℓ": "l",
+})
+"""Look-alike letters and the Latin letter each imitates (written for this project from the Unicode charts)."""
+
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+                        "\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """A normalised text and whether normalising changed it."""
+
+    text: str
+    changed: bool
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc" and char not in "\t\n\r"
+
+
+def _fold_word(match: re.Match[str]) -> str:
+    word = match.group(0)
+    if not any(char in CONFUSABLES for char in word):
+        return word
+    latin = any("a" <= char.lower() <= "z" for char in word)
+    if not latin:  # a word written wholly in another script is that script, not a disguise
+        return word
+    return "".join(CONFUSABLES.get(char, char) for char in word)
+
+
+def normalize_text(text: str, *, case_fold: bool = False) -> Normalized:
+    """The text as the guard judges it (see the module docstring) and whether it changed.
+
+    Idempotent: normalising the result again changes nothing.
+    """
+    out = unicodedata.normalize("NFKC", text)
+    out = _INVISIBLE.sub("", out)
+    if any(_is_control(char) for char in out):
+        out = "".join(char for char in out if not _is_control(char))
+    out = _WORD.sub(_fold_word, out)
+    if case_fold:
+        out = out.casefold()
+    out = unicodedata.normalize("NFKC", out)
+    return Normalized(out, out != text)

@@ -1,0 +1,385 @@
+"""The pooled rule: score the state at every clause end of every user turn and keep the worst.
+
+A harmful request keeps its harmful state at its own end whatever follows it (a pleasantry, a formatting
+request, a fake turn, "Continue."), because a causal model's state at a token cannot see later tokens; benign
+words before it cannot make that state benign either, once the model has read the request. So the guard reads
+the ``clause_ends`` view — the state at the end of every clause of every user turn, in the one forward pass —
+scores each with a shrinkage-LDA read-out on a window of layers, and pools by max (or a mix of the max and the
+last end, chosen by cross-validation).
+
+Fitting uses per-end labels (:class:`EndLabels`): the end of the request in a harmful prompt is harmful; every
+end of a harmless prompt, and the ends *before* the request in a harmful prompt, are harmless; the others
+(ends after the request, inside a wrapped harmful prompt) carry no label. Scorer choice — layer window,
+shrinkage, pooling — is by **leave-one-group-out** cross-validated AUROC of the pooled prompt scores, where a
+group is a family of forms or sources (:mod:`latent_guardrail.augment`), so what ships is what generalises to
+a form it was not fitted on. Within-class scatter is accumulated per group once, so each held-out fit costs
+one eigendecomposition per layer.
+
+Shapes: a :class:`PooledScorer` reads states ``(n, width, len(layers), d)`` of the ``clause_ends`` view.
+Everything is computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .centroids import Centroids, ScoreOutput, _platt
+from .errors import CalibrationError, NumericalError
+from .metrics import auroc, threshold_at_fpr
+from .views import VIEWS
+
+__all__ = ["EndLabels", "PooledOptions", "PooledScorer", "Pooling", "fit_pooled"]
+
+_F64 = torch.float64
+Pooling = Literal["max", "mix"]
+POOLINGS: tuple[Pooling, ...] = ("max", "mix")
+
+
+def _check_finite(numbers: Sequence[float]) -> None:
+    if not all(math.isfinite(x) for x in numbers):
+        raise ValueError("the scorer's threshold or calibration is not a finite number")
+
+
+def _pool(slot_scores: torch.Tensor, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled score ``(n,)`` and the decisive slot ``(n,)`` of slot scores ``(n, width)`` (last slot = t_inst)."""
+    best, arg = slot_scores.max(dim=1)
+    if pooling == "max":
+        return best, arg
+    if pooling == "mix":
+        return (best + slot_scores[:, -1]) / 2.0, arg
+    raise ValueError(f"unknown pooling {pooling!r}: use one of {POOLINGS}")
+
+
+class PooledScorer:
+    """Shrinkage-LDA per layer on the clause-end states, pooled over the ends, Platt-calibrated.
+
+    Slot score ``s_k = a · mean_l z_kl + b`` with ``z_kl = (h_kl − m_l) · w_l``; the prompt's score pools the
+    ``s_k`` (``max``, or ``mix`` = mean of the max and the last end's). ``layer_scores`` are ``a · z_l + b`` at
+    the decisive end (their mean is that end's score); category ``c`` has its own directions and calibration,
+    read at the decisive end.
+    """
+
+    mode = "pooled"
+    tensor_prefix = "pooled."
+
+    def __init__(self, layers: Sequence[int], directions: torch.Tensor, midpoints: torch.Tensor,
+                 calibration: tuple[float, float], threshold: float, *, pooling: str = "max",
+                 categories: Sequence[str] = (), category_directions: torch.Tensor | None = None,
+                 category_midpoints: torch.Tensor | None = None, category_calibration: torch.Tensor | None = None,
+                 shrinkage: float = 0.5, views: Sequence[str] = ("clause_ends",)) -> None:
+        self.layers = tuple(int(x) for x in layers)
+        self.views = tuple(views)
+        self.directions = directions.to(_F64)          # (layers, d)
+        self.midpoints = midpoints.to(_F64)            # (layers, d)
+        self.calibration = (float(calibration[0]), float(calibration[1]))
+        self.threshold = float(threshold)
+        self.pooling = str(pooling)
+        self.categories = tuple(categories)
+        shape = (0, len(self.layers), self.directions.shape[-1])
+        self.category_directions = (category_directions if category_directions is not None
+                                    else torch.zeros(shape, dtype=_F64)).to(_F64)   # (C, layers, d)
+        self.category_midpoints = (category_midpoints if category_midpoints is not None
+                                   else torch.zeros(shape, dtype=_F64)).to(_F64)
+        self.category_calibration = (category_calibration if category_calibration is not None
+                                     else torch.zeros(0, 2, dtype=_F64)).to(_F64)   # (C, 2)
+        self.shrinkage = float(shrinkage)
+
+    def slot_scores(self, states: torch.Tensor) -> torch.Tensor:
+        """Per-end, per-layer log-odds ``(n, width, layers)`` of states ``(n, width, layers, d)``."""
+        x = _check(states, len(self.layers), self.directions.shape[-1])
+        a, b = self.calibration
+        return a * ((x - self.midpoints) * self.directions).sum(-1) + b
+
+    def score(self, states: torch.Tensor) -> ScoreOutput:
+        x = _check(states, len(self.layers), self.directions.shape[-1])
+        per = self.slot_scores(x)                                             # (n, K, L)
+        pooled, arg = _pool(per.mean(-1), self.pooling)
+        rows = torch.arange(x.shape[0])
+        if self.pooling == "max":
+            layer_scores = per[rows, arg]
+        else:
+            layer_scores = (per[rows, arg] + per[:, -1]) / 2.0
+        if self.categories:
+            at = x[rows, arg]                                                  # (n, L, d)
+            zc = ((at.unsqueeze(1) - self.category_midpoints) * self.category_directions).sum(-1).mean(-1)  # (n, C)
+            cal = self.category_calibration
+            cats = cal[:, 0] * zc + cal[:, 1]
+        else:
+            cats = torch.zeros(x.shape[0], 0, dtype=_F64)
+        return ScoreOutput(pooled, layer_scores, cats, slot=arg)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        p = self.tensor_prefix
+        return {f"{p}directions": self.directions.float(), f"{p}midpoints": self.midpoints.float(),
+                f"{p}category_directions": self.category_directions.float(),
+                f"{p}category_midpoints": self.category_midpoints.float(),
+                f"{p}category_calibration": self.category_calibration.float()}
+
+    def config(self) -> dict[str, Any]:
+        return {"mode": self.mode, "layers": list(self.layers), "views": list(self.views),
+                "threshold": self.threshold, "categories": list(self.categories), "pooling": self.pooling,
+                "calibration": list(self.calibration), "shrinkage": self.shrinkage}
+
+    def validate(self, hidden_size: int) -> None:
+        """Views, pooling and the shapes of every tensor fit (ValueError otherwise)."""
+        if self.views != ("clause_ends",) or "clause_ends" not in VIEWS:
+            raise ValueError(f"the pooled scorer reads the clause_ends view, not {self.views}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}: use one of {POOLINGS}")
+        k, c, d = len(self.layers), len(self.categories), hidden_size
+        shapes = {"directions": (self.directions, (k, d)), "midpoints": (self.midpoints, (k, d)),
+                  "category_directions": (self.category_directions, (c, k, d)),
+                  "category_midpoints": (self.category_midpoints, (c, k, d)),
+                  "category_calibration": (self.category_calibration, (c, 2))}
+        for name, (value, shape) in shapes.items():
+            if tuple(value.shape) != shape:
+                raise ValueError(f"tensor {self.tensor_prefix + name!r} has shape {tuple(value.shape)}, "
+                                 f"expected {shape}")
+        _check_finite([self.threshold, *self.calibration])
+
+    @classmethod
+    def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                     centroids: Centroids) -> PooledScorer:
+        """The pooled scorer of ``config()`` and ``to_tensors()``."""
+        p = cls.tensor_prefix
+        return cls(config["layers"], tensors[f"{p}directions"], tensors[f"{p}midpoints"],
+                   tuple(config["calibration"]), float(config["threshold"]), pooling=str(config["pooling"]),
+                   categories=config.get("categories", []), category_directions=tensors[f"{p}category_directions"],
+                   category_midpoints=tensors[f"{p}category_midpoints"],
+                   category_calibration=tensors[f"{p}category_calibration"],
+                   shrinkage=float(config.get("shrinkage", 0.5)), views=config.get("views", ["clause_ends"]))
+
+
+def _check(states: torch.Tensor, layers: int, d: int) -> torch.Tensor:
+    if states.dim() != 4 or states.shape[2] != layers or states.shape[3] != d:
+        raise ValueError(f"states must be (n, width, {layers}, {d}), got {tuple(states.shape)}")
+    out = states.to(_F64)
+    if not torch.isfinite(out).all():
+        raise NumericalError("hidden states contain NaN or inf")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- fitting
+
+@dataclass(frozen=True)
+class EndLabels:
+    """Clause-end rows for fitting: ``prompt[r]`` the prompt row ``r`` belongs to, ``label[r]`` its label
+    (1 harmful, 0 harmless, -1 none), ``last[r]`` whether it is the prompt's last end (t_inst)."""
+
+    prompt: np.ndarray
+    label: np.ndarray
+    last: np.ndarray
+
+
+@dataclass(frozen=True)
+class PooledOptions:
+    """Knobs of the pooled rule (chosen by cross-validation unless fixed).
+
+    Attributes:
+        num_layers: layers combined (a contiguous window).
+        shrinkage: candidate shrinkage strengths γ.
+        poolings: candidate poolings.
+        target_fpr: the threshold lets at most this fraction of held-out harmless prompts be flagged (never
+            below log-odds 0); None puts it at 0.
+        max_layer: read no layer above this (lets early exit pay).
+        min_layer: read no layer below this.
+    """
+
+    num_layers: int = 4
+    shrinkage: tuple[float, ...] = (0.05, 0.2, 0.5, 0.8)
+    poolings: tuple[Pooling, ...] = POOLINGS
+    target_fpr: float | None = 0.05
+    max_layer: int | None = None
+    min_layer: int = 1
+
+
+class _Scatter:
+    """Per-group, per-class sums and scatter matrices of one layer's labelled rows (float64)."""
+
+    def __init__(self, x: torch.Tensor, y: np.ndarray, group: np.ndarray, n_groups: int) -> None:
+        d = x.shape[1]
+        self.count = np.zeros((n_groups, 2))
+        self.sums = torch.zeros(n_groups, 2, d, dtype=_F64)
+        self.scatter = torch.zeros(n_groups, 2, d, d, dtype=_F64)
+        for g in range(n_groups):
+            for c in (0, 1):
+                mask = torch.from_numpy((group == g) & (y == c))
+                rows = x[mask]
+                self.count[g, c] = rows.shape[0]
+                if rows.shape[0]:
+                    self.sums[g, c] = rows.sum(0)
+                    self.scatter[g, c] = rows.T @ rows
+        self.total_count = self.count.sum(0)
+        self.total_sums = self.sums.sum(0)
+        self.total_scatter = self.scatter.sum(0)
+
+    def directions(self, gammas: Sequence[float], without: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Shrinkage-LDA directions (unit within-class spread) and midpoint, leaving group ``without`` out."""
+        count, sums, scatter = self.total_count.copy(), self.total_sums.clone(), self.total_scatter.clone()
+        if without is not None:
+            count -= self.count[without]
+            sums -= self.sums[without]
+            scatter -= self.scatter[without]
+        if min(count) < 2:
+            raise CalibrationError("a cross-validation fold leaves fewer than 2 examples of a class")
+        means = sums / torch.from_numpy(count).unsqueeze(-1)
+        within = scatter[0] + scatter[1] - count[0] * torch.outer(means[0], means[0]) \
+            - count[1] * torch.outer(means[1], means[1])
+        n = count.sum()
+        cov = within / max(n - 2, 1)
+        eigvals, eigvecs = torch.linalg.eigh((cov + cov.T) / 2)
+        eigvals = eigvals.clamp(min=0.0)
+        scale = eigvals.mean()
+        diff = means[1] - means[0]
+        along = eigvecs.T @ diff
+        out = []
+        for gamma in gammas:
+            w = eigvecs @ (along / ((1.0 - gamma) * eigvals + gamma * scale))
+            spread = torch.sqrt(torch.clamp(w @ within @ w / max(n - 1, 1), min=0.0))
+            if not torch.isfinite(spread) or spread <= 0:
+                raise NumericalError("degenerate calibration states: zero spread along the discriminant")
+            out.append(w / spread)
+        return out, (means[0] + means[1]) / 2.0
+
+
+def _pooled_scores(slot: np.ndarray, prompt: np.ndarray, last: np.ndarray, n_prompts: int, pooling: str
+                   ) -> np.ndarray:
+    """Pool row scores ``(R,)`` into prompt scores ``(n_prompts,)``."""
+    best = np.full(n_prompts, -np.inf)
+    np.maximum.at(best, prompt, slot)
+    if pooling == "max":
+        return best
+    final = np.zeros(n_prompts)
+    final[prompt[last]] = slot[last]
+    return (best + final) / 2.0
+
+
+def fit_pooled(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np.ndarray,
+               layers: Sequence[int], categories: Sequence[str | None] | None = None,
+               options: PooledOptions | None = None) -> tuple[PooledScorer, dict[str, Any]]:
+    """Fit the pooled rule on clause-end states.
+
+    Args:
+        states: ``(R, len(layers), d)``: every clause end of every calibration prompt (float32 or float64).
+        ends: per row, its prompt, its label and whether it is the prompt's last end.
+        labels: ``(n_prompts,)`` 1 harmful, 0 harmless.
+        groups: ``(n_prompts,)`` family ids (ints); cross-validation leaves one family out at a time.
+        layers: the residual layers of ``states``.
+        categories: per prompt, its risk category (harmful prompts) or None.
+
+    Returns:
+        (scorer, report) — the report holds the leave-one-group-out AUROC of every candidate, the choice,
+        and held-out detection and pass rates at the threshold.
+    """
+    opts = options if options is not None else PooledOptions()
+    n_prompts = labels.shape[0]
+    if states.dim() != 3 or states.shape[0] != ends.prompt.shape[0] or states.shape[1] != len(layers):
+        raise ValueError(f"states must be (rows, {len(layers)}, d), got {tuple(states.shape)}")
+    if min((labels == 1).sum(), (labels == 0).sum()) < 4:
+        raise CalibrationError("the pooled rule needs at least 4 harmful and 4 harmless prompts")
+    allowed = [i for i, layer in enumerate(layers)
+               if layer >= opts.min_layer and (opts.max_layer is None or layer <= opts.max_layer)]
+    if not allowed:
+        raise CalibrationError("no layer within [min_layer, max_layer]")
+    _, group_index = np.unique(groups, return_inverse=True)
+    n_groups = int(group_index.max()) + 1
+    row_group = group_index[ends.prompt]
+    labelled = ends.label >= 0
+    gammas = list(opts.shrinkage)
+    oof = np.zeros((len(gammas), ends.prompt.shape[0], len(allowed)))      # out-of-fold z of every row
+    finals: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
+    for j, layer_index in enumerate(allowed):
+        x = states[:, layer_index].to(_F64)
+        scatter = _Scatter(x[torch.from_numpy(labelled)], ends.label[labelled], row_group[labelled], n_groups)
+        for g in range(n_groups):
+            test = torch.from_numpy(row_group == g)
+            if not bool(test.any()):
+                continue
+            ws, mid = scatter.directions(gammas, g)
+            held = x[test] - mid
+            for k, w in enumerate(ws):
+                oof[k, test.numpy(), j] = (held @ w).numpy()
+        finals[layer_index] = scatter.directions(gammas, None)
+    window = max(1, min(opts.num_layers, len(allowed)))
+    candidates: list[dict[str, Any]] = []
+    best: tuple[float, int, int, Pooling, np.ndarray] | None = None
+    for k, gamma in enumerate(gammas):
+        for start in range(len(allowed) - window + 1):
+            rows = oof[k, :, start:start + window].mean(axis=1)
+            for pooling in opts.poolings:
+                scores = _pooled_scores(rows, ends.prompt, ends.last, n_prompts, pooling)
+                value = auroc(scores[labels == 1], scores[labels == 0]) or 0.5
+                candidates.append({"shrinkage": gamma, "layers": [layers[i] for i in allowed[start:start + window]],
+                                   "pooling": pooling, "auroc": value})
+                if best is None or value > best[0] + 1e-4:
+                    best = (value, k, start, pooling, scores)
+    assert best is not None
+    cv_auc, k, start, pooling, oof_scores = best
+    chosen = allowed[start:start + window]
+    a, b = _platt(oof_scores, labels.astype(float))
+    logit = a * oof_scores + b
+    threshold = 0.0 if opts.target_fpr is None else max(0.0, threshold_at_fpr(logit[labels == 0], opts.target_fpr))
+    dirs = torch.stack([finals[i][0][k] for i in chosen])
+    mids = torch.stack([finals[i][1] for i in chosen])
+    cat_names, cat_dirs, cat_mids, cat_cal = _fit_categories(states, ends, labels, categories, chosen, gammas[k])
+    empty = torch.zeros(0, *dirs.shape, dtype=_F64)
+    scorer = PooledScorer([layers[i] for i in chosen], dirs, mids, (a, b), threshold, pooling=pooling,
+                          categories=cat_names, category_directions=torch.stack(cat_dirs) if cat_dirs else empty,
+                          category_midpoints=torch.stack(cat_mids) if cat_mids else empty,
+                          category_calibration=torch.stack(cat_cal) if cat_cal else torch.zeros(0, 2, dtype=_F64),
+                          shrinkage=gammas[k])
+    by_group = {}
+    for g in np.unique(groups):
+        mask = groups == g
+        by_group[str(g)] = {"n": int(mask.sum()), "harmful": int((labels[mask] == 1).sum()),
+                            "flagged": float((logit[mask] >= threshold).mean())}
+    report = {
+        "cv": "leave-one-group-out", "groups": n_groups, "cv_auroc": cv_auc, "shrinkage": gammas[k],
+        "pooling": pooling, "layers": list(scorer.layers),
+        "candidates_top": sorted(candidates, key=lambda c: -c["auroc"])[:10],
+        "heldout_detect_rate": float((logit[labels == 1] >= threshold).mean()),
+        "heldout_pass_rate": float((logit[labels == 0] < threshold).mean()),
+        "heldout_by_group": by_group,
+    }
+    return scorer, report
+
+
+def _fit_categories(states: torch.Tensor, ends: EndLabels, labels: np.ndarray,
+                    categories: Sequence[str | None] | None, chosen: list[int], gamma: float
+                    ) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Per risk category: directions of its harmful ends against every harmless end, Platt on those rows."""
+    names: list[str] = []
+    dirs: list[torch.Tensor] = []
+    mids: list[torch.Tensor] = []
+    cals: list[torch.Tensor] = []
+    if not categories:
+        return names, dirs, mids, cals
+    row_cat = np.array([categories[p] if categories[p] is not None else "" for p in ends.prompt], dtype=object)
+    negative = ends.label == 0
+    for name in sorted({c for c in categories if c}):
+        positive = (ends.label == 1) & (row_cat == name)
+        if positive.sum() < 2:
+            continue
+        mask = positive | negative
+        y = positive[mask].astype(int)
+        layer_dirs, layer_mids = [], []
+        for i in chosen:
+            x = states[torch.from_numpy(mask), i].to(_F64)
+            scatter = _Scatter(x, y, np.zeros(len(y), dtype=int), 1)
+            ws, mid = scatter.directions([gamma], None)
+            layer_dirs.append(ws[0])
+            layer_mids.append(mid)
+        cdir, cmid = torch.stack(layer_dirs), torch.stack(layer_mids)
+        x = states[torch.from_numpy(mask)][:, chosen].to(_F64)
+        z = ((x - cmid) * cdir).sum(-1).mean(-1).numpy()
+        names.append(name)
+        dirs.append(cdir)
+        mids.append(cmid)
+        cals.append(torch.tensor(_platt(z, y.astype(float)), dtype=_F64))
+    return names, dirs, mids, cals

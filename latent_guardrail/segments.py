@@ -1,0 +1,98 @@
+"""Where sentences and clauses end in a user's text (pure string logic, no tokenizer).
+
+The guard reads the residual state at the end of every sentence or clause of the user's messages, because a
+harmful request followed by a pleasantry ("… Thanks!") or buried in benign context keeps its harmful state at
+its own end (causal attention: later words cannot change an earlier token's state). :func:`clause_ends`
+finds those ends; :func:`sentence_groups` cuts a text into groups of sentences for segment mode.
+
+An end is the last character of a run of ``. ! ? ; :`` (or a closing quote/bracket right after it) that is
+followed by whitespace or the end of the text, the last visible character before a line break, and always the
+last visible character of the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Clause", "clause_ends", "sentence_groups"]
+
+_STOPS = frozenset(".!?;:。！？")
+_CLOSERS = frozenset("\"')]}»”’")
+_SENTENCE_STOPS = frozenset(".!?\n。！？")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One clause of a text: ``text[start:end]``, ``end - 1`` being its last visible character."""
+
+    start: int
+    end: int
+
+
+def clause_ends(text: str) -> list[Clause]:
+    """The clauses of ``text`` in order, each ending at a clause end (see the module docstring).
+
+    Leading whitespace is not part of a clause; a text of whitespace only has none.
+    """
+    ends: list[int] = []
+    n = len(text)
+    for i, char in enumerate(text):
+        if char.isspace():
+            continue
+        nxt = text[i + 1] if i + 1 < n else ""
+        if char in _STOPS or (char in _CLOSERS and i > 0 and text[i - 1] in _STOPS):
+            if nxt == "" or nxt.isspace():
+                ends.append(i)
+                continue
+        if nxt in ("\n", "\r"):
+            ends.append(i)
+    last = len(text.rstrip()) - 1
+    if last >= 0 and (not ends or ends[-1] != last):
+        ends.append(last)
+    clauses = []
+    start = 0
+    for end in ends:
+        while start <= end and text[start].isspace():
+            start += 1
+        if start <= end:
+            clauses.append(Clause(start, end + 1))
+        start = end + 1
+    return clauses
+
+
+def sentence_groups(text: str, max_chars: int = 400) -> list[Clause]:
+    """Cut ``text`` into consecutive groups of whole sentences of at most about ``max_chars`` characters.
+
+    Sentences end at ``. ! ?`` or a line break; a sentence longer than ``max_chars`` is a group of its own.
+    The groups cover every visible character of the text exactly once, in order.
+    """
+    if max_chars < 1:
+        raise ValueError("max_chars must be >= 1")
+    sentences = [c for c in clause_ends(text) if text[c.end - 1] in _SENTENCE_STOPS or c.end >= len(text.rstrip())
+                 or (c.end < len(text) and text[c.end] in "\n\r")]
+    groups: list[Clause] = []
+    current: Clause | None = None
+    for sentence in _merge_to_sentences(text, sentences):
+        if current is None:
+            current = sentence
+        elif sentence.end - current.start > max_chars:
+            groups.append(current)
+            current = sentence
+        else:
+            current = Clause(current.start, sentence.end)
+    if current is not None:
+        groups.append(current)
+    return groups
+
+
+def _merge_to_sentences(text: str, ends: list[Clause]) -> list[Clause]:
+    """Sentences from the sentence-ending clauses: each runs from the previous sentence's end."""
+    out = []
+    start = 0
+    for clause in ends:
+        while start < clause.end and text[start].isspace():
+            start += 1
+        if start < clause.end:
+            out.append(Clause(start, clause.end))
+        start = clause.end
+    return out
