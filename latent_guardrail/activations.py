@@ -30,7 +30,7 @@ from .layers import check_layers, decoder_blocks, input_device
 from .positions import PromptEncoding, pad_batch
 from .views import View, ViewLayout
 
-__all__ = ["Capture", "capture", "run_capture", "extract_states"]
+__all__ = ["Capture", "capture", "run_capture", "extract_states", "extract_end_states"]
 
 class _EarlyExit(Exception):
     """Raised by a hook to stop the forward pass once every needed layer is recorded."""
@@ -220,3 +220,51 @@ def extract_states(
     if not out:
         raise ValueError("no prompts to read")
     return torch.stack([state for state in out if state is not None])
+
+
+def extract_end_states(
+    model: nn.Module,
+    encodings: Sequence[PromptEncoding],
+    layers: Sequence[int],
+    *,
+    pad_token_id: int,
+    batch_size: int = 16,
+    layer_template: str | None = None,
+    max_ends: int | None = None,
+    progress: bool | str = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The states at every clause end (``PromptEncoding.ends``) of many prompts, one row per end.
+
+    Args:
+        max_ends: keep only the last this many ends of a prompt (None: all), as the ``clause_ends`` view does.
+
+    Returns:
+        ``states`` ``(rows, len(layers), d_model)`` float32 on the CPU, ``prompt`` ``(rows,)`` the index of each
+        row's prompt and ``end`` ``(rows,)`` its index into that prompt's ``ends``; rows are in input order.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    kept = [list(e.ends)[-max_ends:] if max_ends else list(e.ends) for e in encodings]
+    chunks = plan_batches([len(encoding.input_ids) for encoding in encodings], batch_size)
+    per_prompt: list[torch.Tensor | None] = [None] * len(encodings)
+    label = progress if isinstance(progress, str) else "reading clause ends"
+    for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):
+        batch = pad_batch([encodings[i] for i in chunk], pad_token_id, side="left")
+        width = max(len(kept[i]) or 1 for i in chunk)
+        positions = torch.empty((len(chunk), width), dtype=torch.long)
+        for row, index in enumerate(chunk):
+            own = kept[index] or [encodings[index].t_inst]
+            shift = batch.input_ids.shape[1] - len(encodings[index].input_ids)
+            positions[row] = shift + torch.tensor([own[0]] * (width - len(own)) + own, dtype=torch.long)
+        result = run_capture(model, batch.input_ids, batch.attention_mask, layers, positions,
+                             layer_template=layer_template)
+        stacked = result.stacked()                                        # (batch, width, layers, d)
+        for row, index in enumerate(chunk):
+            count = len(kept[index]) or 1
+            per_prompt[index] = stacked[row, width - count:]
+    if not per_prompt:
+        raise ValueError("no prompts to read")
+    states = [s for s in per_prompt if s is not None]
+    prompt = torch.cat([torch.full((s.shape[0],), i, dtype=torch.long) for i, s in enumerate(states)])
+    end = torch.cat([torch.arange(s.shape[0]) + (len(encodings[i].ends) - s.shape[0]) for i, s in enumerate(states)])
+    return torch.cat(states), prompt, end

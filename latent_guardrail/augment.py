@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .positions import Message, Prompt
+from .positions import Message, Prompt, PromptEncoding
 
-__all__ = ["CALIBRATION_FAMILIES", "FAMILIES", "HELD_OUT_FAMILIES", "RequestSpan", "Wrapped", "Wrapper", "wrap"]
+__all__ = ["CALIBRATION_FAMILIES", "FAMILIES", "HELD_OUT_FAMILIES", "CalibrationItem", "RequestSpan", "Wrapped",
+           "Wrapper", "build_items", "end_labels", "families_for", "source_group", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -210,3 +211,99 @@ def families_for(index: int, seed: int, count: int, families: Sequence[str] = CA
     """``count`` distinct families for item ``index``, drawn with a seed of their own (stable under reordering)."""
     rng = random.Random(f"{seed}:{index}")
     return rng.sample(list(families), k=min(count, len(families)))
+
+
+@dataclass(frozen=True)
+class CalibrationItem:
+    """One labelled calibration prompt with what cross-validation and per-end labels need.
+
+    Attributes:
+        prompt: the prompt to read (a string or messages).
+        harmful: its label.
+        category: risk category (harmful) or None.
+        group: its family (source or wrapper) for leave-one-group-out cross-validation.
+        request: where the request sits (None: the whole last user message).
+        request_text: the request as it appears in the prompt (to find it after sanitising).
+    """
+
+    prompt: Prompt
+    harmful: bool
+    category: str | None
+    group: str
+    request: RequestSpan | None = None
+    request_text: str | None = None
+
+
+def source_group(source: str | None, harmful: bool) -> str:
+    """The family of a bundled file: its name without ``.jsonl`` and a per-category suffix (``twins_weapons``
+    → ``twins``); the thirteen original per-category harmful files form one family, ``requests``."""
+    stem = (source or "given").removesuffix(".jsonl")
+    for prefix in ("lookalikes_", "twins_"):
+        if stem.startswith(prefix):
+            return f"src:{prefix[:-1]}"
+    if harmful and stem not in ("persuasion", "framed", "embedded", "casual"):
+        return "src:requests"
+    return f"src:{stem}" if not harmful or stem != "casual" else "src:casual_harmful"
+
+
+def build_items(harmful: Sequence[tuple[Prompt, str | None, str | None]], harmless: Sequence[tuple[Prompt, str | None]],
+                *, wrapped_per_item: int = 1, seed: int = 0,
+                families: Sequence[str] = CALIBRATION_FAMILIES) -> list[CalibrationItem]:
+    """Plain and wrapped calibration items from ``(text, category, source)`` harmful and ``(text, source)``
+    harmless rows: every row as given (its group is its source family) plus ``wrapped_per_item`` wrapped
+    copies (group ``wrap:<family>``), families drawn per row with ``seed`` — the same wrappers on both sides.
+    """
+    items: list[CalibrationItem] = []
+    rows = [(text, True, category, source) for text, category, source in harmful] + \
+        [(text, False, None, source) for text, source in harmless]
+    for index, (text, is_harmful, category, source) in enumerate(rows):
+        items.append(CalibrationItem(text, is_harmful, category, source_group(source, is_harmful)))
+        if not isinstance(text, str):  # a conversation is kept as given: wrappers take one request
+            continue
+        rng = random.Random(f"{seed}:wrap:{index}")
+        for family in families_for(index, seed, wrapped_per_item, families):
+            wrapped = wrap(text, family, rng)
+            prompt = wrapped.prompt
+            content = prompt if isinstance(prompt, str) else [m for m in prompt if m["role"] == "user"][
+                wrapped.request.turn]["content"]
+            request_text = content[wrapped.request.start:wrapped.request.end]
+            items.append(CalibrationItem(prompt, is_harmful, category, f"wrap:{family}", wrapped.request,
+                                         request_text))
+    return items
+
+
+def end_labels(item: CalibrationItem, encoding: PromptEncoding) -> list[int]:
+    """A label per clause end of ``encoding`` (1 harmful, 0 harmless, -1 none; see :mod:`latent_guardrail.pooled`).
+
+    Harmless item: every end 0. Harmful item: the end that closes the request is 1, ends before the request
+    starts are 0, the rest -1 (without a known request: the last end is 1, the rest -1).
+    """
+    count = len(encoding.ends)
+    if not item.harmful:
+        return [0] * count
+    if item.request is None or item.request_text is None:
+        return [-1] * (count - 1) + [1]
+    turn_of_message = {message: k for k, message in enumerate(encoding.user_messages)}
+    prompt = item.prompt
+    user_indices = [0] if isinstance(prompt, str) else [i for i, m in enumerate(prompt) if m["role"] == "user"]
+    k = turn_of_message.get(user_indices[item.request.turn]) if item.request.turn < len(user_indices) else None
+    if k is None:  # the request's turn was not located: fall back to the last end
+        return [-1] * (count - 1) + [1]
+    start, end = encoding.user_spans[k]
+    content = encoding.text[start:end]
+    found = content.rfind(item.request_text)
+    r_start, r_end = (found, found + len(item.request_text)) if found >= 0 else (item.request.start,
+                                                                                  item.request.end)
+    labels = []
+    positive_done = False
+    for turn, _, c_end in encoding.end_clauses:
+        if turn < k or (turn == k and c_end <= r_start):
+            labels.append(0)
+        elif turn == k and c_end >= r_end and not positive_done:
+            labels.append(1)
+            positive_done = True
+        else:
+            labels.append(-1)
+    if not positive_done:
+        labels[-1] = 1
+    return labels

@@ -21,20 +21,26 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from .activations import extract_end_states
+from .augment import CalibrationItem, build_items, end_labels
 from .centroids import Centroids, Scorer, TunedOptions, fit_centroids, fit_paper, fit_tuned
 from .datasets import PromptRecord
+from .directions import mean_difference
 from .distributed import LocalWorkers, Workers
 from .errors import CalibrationError, InputError
 from .fitted import FittedGuard
 from .hosts import Host
 from .layers import decoder_blocks, guess_layer_template
+from .normalize import normalize_prompt
+from .pooled import EndLabels, PooledOptions, fit_pooled
 from .positions import Prompt, PromptEncoding, encode_batch
 from .refusal import Judge, PhraseJudge
 from .scorers import scorer_from_artifact
 from .settings import CalibrationSettings, GuardSettings
-from .views import select_views
+from .views import MAX_CLAUSE_ENDS, select_views
 
 __all__ = ["FittedGuard", "calibrate", "REFUSAL_PREFILL", "COMPLIANCE_PREFILL", "as_prompt_list"]
 
@@ -133,6 +139,14 @@ def _calibrate(
         harmful_cats += [name] * len(extra)
     harmful_prompts = as_prompt_list(harmful_items, "harmful")
     harmless_prompts = as_prompt_list(list(harmless), "harmless")
+    if cal.mode == "pooled":
+        sources = [item.source if isinstance(item, PromptRecord) else None for item in harmful_items]
+        harmless_sources = [item.source if isinstance(item, PromptRecord) else None for item in harmless]
+        items = build_items(list(zip(harmful_prompts, harmful_cats, sources, strict=True)),
+                            list(zip(harmless_prompts, harmless_sources, strict=True)),
+                            wrapped_per_item=cal.augment, seed=cal.seed)
+        return calibrate_items(host, items, settings=cal, guard_settings=guard, progress=progress, workers=workers,
+                               started=started)
     if len(harmful_prompts) < 2 or len(harmless_prompts) < 2:
         raise CalibrationError(f"need at least 2 harmful and 2 harmless prompts, got {len(harmful_prompts)} "
                                f"and {len(harmless_prompts)}")
@@ -210,13 +224,74 @@ def _calibrate(
                        layer_template=guard.layer_template or guess_layer_template(host.model), report=report)
 
 
+def calibrate_items(host: Host, items: Sequence[CalibrationItem], *, settings: CalibrationSettings | None = None,
+                    guard_settings: GuardSettings | None = None, progress: bool = True,
+                    workers: Workers | None = None, started: float | None = None) -> FittedGuard:
+    """Fit the pooled rule from calibration items (prompts with labels, families and request spans).
+
+    Reads the state at every clause end of every item (all layers, one pass each), labels each end
+    (:func:`latent_guardrail.augment.end_labels`), and fits :func:`latent_guardrail.pooled.fit_pooled` with
+    leave-one-group-out cross-validation over the items' groups. The centroids (paper mode, steering) come from
+    the t_inst states of the items as given (groups ``src:*``); the refusal direction is contrastive.
+    Callers hold ``host.lock``.
+
+    Raises:
+        CalibrationError: too few items of a class.
+    """
+    cal = settings if settings is not None else CalibrationSettings(mode="pooled")
+    guard = guard_settings if guard_settings is not None else GuardSettings()
+    workers = workers if workers is not None else LocalWorkers()
+    began = started if started is not None else time.perf_counter()
+    if sum(item.harmful for item in items) < 4 or sum(not item.harmful for item in items) < 4:
+        raise CalibrationError("the pooled rule needs at least 4 harmful and 4 harmless prompts")
+    prompts = [normalize_prompt(item.prompt, case_fold=guard.case_fold)[0] if guard.normalize else item.prompt
+               for item in items]
+    encodings = _encode(host, prompts, guard)
+    blocks = decoder_blocks(host.model, guard.layer_template)
+    all_layers = tuple(range(len(blocks) + 1))
+    states, prompt_of, end_of = extract_end_states(
+        host.model, encodings, all_layers, pad_token_id=host.tokenizer.pad_token_id, batch_size=cal.batch_size,
+        layer_template=guard.layer_template, max_ends=MAX_CLAUSE_ENDS,
+        progress="reading clause ends" if progress else False)
+    per_item = [end_labels(item, encoding) for item, encoding in zip(items, encodings, strict=True)]
+    prompt_np, end_np = prompt_of.numpy(), end_of.numpy()
+    ends = EndLabels(prompt=prompt_np, label=np.array([per_item[p][e] for p, e in zip(prompt_np, end_np, strict=True)]),
+                     last=np.array([e == len(encodings[p].ends) - 1 for p, e in zip(prompt_np, end_np, strict=True)]))
+    labels = np.array([int(item.harmful) for item in items])
+    groups = np.array([item.group for item in items])
+    cats = [item.category if item.harmful else None for item in items]
+    options = PooledOptions(num_layers=cal.num_layers, target_fpr=cal.target_fpr, max_layer=cal.max_layer)
+    scorer, pooled_report = fit_pooled(states, ends, labels, groups, all_layers, cats, options)
+    if cal.threshold is not None:
+        scorer.threshold = float(cal.threshold)
+    plain = [i for i, item in enumerate(items) if item.group.startswith("src:")]
+    inst = states[torch.from_numpy(ends.last)].double()                     # (items, layers, d): t_inst
+    idx_h = [i for i in plain if items[i].harmful]
+    idx_b = [i for i in plain if not items[i].harmful]
+    centroids = fit_centroids(inst[idx_h], inst[idx_b], all_layers, [cats[i] for i in idx_h])
+    plain_enc = [encodings[i] for i in plain]
+    direction, source = _refusal_direction(host, inst, None, plain_enc, cal, guard, all_layers, progress, workers)
+    report: dict[str, Any] = {
+        "selection": "label", "selection_used": "label", "mode": "pooled",
+        "given": {"harmful": int(labels.sum()), "harmless": int((1 - labels).sum())},
+        "kept": {"harmful": int(labels.sum()), "harmless": int((1 - labels).sum())},
+        "items": {"plain": len(plain), "wrapped": len(items) - len(plain), "ends": int(states.shape[0])},
+        "pooled": pooled_report, "refusal_source": source, "seconds": round(time.perf_counter() - began, 2)}
+    centroids = Centroids(centroids.layers, centroids.harmful.float().double(), centroids.harmless.float().double(),
+                          {k: v.float().double() for k, v in centroids.categories.items()})
+    rebuilt = scorer_from_artifact(scorer.config(), scorer.to_tensors(), centroids)
+    return FittedGuard(scorer=rebuilt, centroids=centroids, refusal_direction=direction, refusal_source=source,
+                       settings=guard, fingerprint_parts=host.fingerprint_parts(guard.system_prompt),
+                       num_blocks=len(blocks), hidden_size=int(states.shape[-1]),
+                       layer_template=guard.layer_template or guess_layer_template(host.model), report=report)
+
+
 def _refusal_direction(host: Host, post: torch.Tensor, refused: list[bool] | None,
                        encodings: list[PromptEncoding], cal: CalibrationSettings, guard: GuardSettings,
                        layers: tuple[int, ...], progress: bool, workers: Workers) -> tuple[torch.Tensor, str]:
     """v_refuse ``(layers, d)``: behavioural when the host refused enough prompts, else contrastive."""
     if refused is not None and cal.min_per_class <= sum(refused) <= len(refused) - cal.min_per_class:
-        mask = torch.tensor(refused)
-        return (post[mask].mean(0) - post[~mask].mean(0)).float(), "behaviour"
+        return mean_difference(post, torch.tensor(refused)).float(), "behaviour"
     step = max(1, len(encodings) // cal.refusal_prompts)
     subset = encodings[::step][: cal.refusal_prompts]
     refuse_ids, comply_ids = (tuple(host.tokenizer.encode(text, add_special_tokens=False))
@@ -227,4 +302,4 @@ def _refusal_direction(host: Host, post: torch.Tensor, refused: list[bool] | Non
                                     layer_template=guard.layer_template,
                                     progress="refusal direction" if progress else False)[:, 0].double()
     n = len(subset)
-    return (states[:n].mean(0) - states[n:].mean(0)).float(), "contrastive"
+    return mean_difference(states, torch.arange(2 * n) < n).float(), "contrastive"

@@ -33,11 +33,12 @@ from .errors import ArtifactError, InputError, LayerError, NumericalError
 from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
+from .normalize import normalize_prompt
 from .policy import Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
-from .verdict import Verdict
-from .views import View
+from .verdict import Verdict, decisive_span
+from .views import MAX_CLAUSE_ENDS, View
 
 __all__ = ["LatentGuard", "DEFAULT_GUARD"]
 
@@ -195,8 +196,19 @@ class LatentGuard:
         return self.fitted.scorer.categories
 
     # ------------------------------------------------------------------ checking
-    def encode(self, prompt: Prompt) -> PromptEncoding:
-        """Render and tokenize one prompt with this guard's system prompt and limits."""
+    def encode(self, prompt: Prompt, *, normalize: bool | None = None) -> PromptEncoding:
+        """Render and tokenize one prompt with this guard's system prompt and limits.
+
+        With ``normalize`` (default: ``settings.normalize``) every user message is normalised first
+        (:func:`latent_guardrail.normalize.normalize_text`); ``encoding.normalized`` says whether that changed it.
+        """
+        changed = False
+        if self.settings.normalize if normalize is None else normalize:
+            prompt, changed = normalize_prompt(prompt, case_fold=self.settings.case_fold)
+        encoding = self._encode_limited(prompt)
+        return encoding.model_copy(update={"normalized": True}) if changed else encoding
+
+    def _encode_limited(self, prompt: Prompt) -> PromptEncoding:
         limit = self.settings.max_chars
         if isinstance(prompt, str) and len(prompt) > limit:
             return self._encode(prompt[-limit:]).model_copy(update={"truncated": True})
@@ -244,12 +256,14 @@ class LatentGuard:
             score = float(out.score[row])
             cat_scores = {name: float(out.category_scores[row, c]) for c, name in enumerate(self.categories)}
             decision = self.policy.decide(Scores(score, threshold, cat_scores))
+            slot = None if out.slot is None else int(out.slot[row])
             verdicts.append(Verdict(
                 harmful=decision.harmful, score=score, threshold=threshold, mode=self.mode,
                 category=decision.category, category_scores=cat_scores, decided_by=decision.decided_by,
                 layer_scores={layer: float(out.layer_scores[row, i]) for i, layer in enumerate(self.layers)},
                 layers=self.layers, views=self.views, t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst,
                 num_tokens=len(encoding.input_ids), truncated=encoding.truncated, sanitized=encoding.sanitized,
+                normalized=encoding.normalized, span=decisive_span(encoding, slot, MAX_CLAUSE_ENDS),
                 fingerprint=self.fingerprint,
             ))
         return verdicts
@@ -277,6 +291,10 @@ class LatentGuard:
                 encodings.append(self.encode(prompt))
             except InputError as exc:
                 raise InputError(f"prompt {index}: {exc}") from exc
+        return self.check_encodings(encodings, progress=progress)
+
+    def check_encodings(self, encodings: Sequence[PromptEncoding], *, progress: bool = False) -> list[Verdict]:
+        """Verdicts of prompts already encoded with :meth:`encode` (model failures follow ``on_error``)."""
         if not encodings:
             return []
         try:

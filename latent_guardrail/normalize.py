@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
-__all__ = ["Normalized", "CONFUSABLES", "normalize_text"]
+__all__ = ["Normalized", "CONFUSABLES", "normalize_prompt", "normalize_text"]
 
 CONFUSABLES: Mapping[str, str] = MappingProxyType({
     # Cyrillic lower case
@@ -81,3 +82,24 @@ def normalize_text(text: str, *, case_fold: bool = False) -> Normalized:
         out = out.casefold()
     out = unicodedata.normalize("NFKC", out)
     return Normalized(out, out != text)
+
+
+def normalize_prompt(prompt: Any, *, case_fold: bool = False) -> tuple[Any, bool]:
+    """A prompt (a string or chat messages) with every user message's content normalised, and whether anything
+    changed. Other roles, and anything that is not a string or a list of role/content mappings, pass unchanged
+    (the prompt's own validation reports them)."""
+    if isinstance(prompt, str):
+        result = normalize_text(prompt, case_fold=case_fold)
+        return result.text, result.changed
+    if not isinstance(prompt, Sequence) or isinstance(prompt, bytes | bytearray):
+        return prompt, False
+    changed = False
+    out: list[Any] = []
+    for message in prompt:
+        if isinstance(message, Mapping) and message.get("role") == "user" and isinstance(message.get("content"), str):
+            result = normalize_text(message["content"], case_fold=case_fold)
+            changed |= result.changed
+            out.append({**message, "content": result.text} if result.changed else message)
+        else:
+            out.append(message)
+    return (out, True) if changed else (prompt, False)

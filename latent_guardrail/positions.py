@@ -81,6 +81,7 @@ class PromptEncoding(pydantic.BaseModel, frozen=True):
     user_messages: tuple[int, ...] = ()
     ends: tuple[int, ...] = ()
     end_clauses: tuple[tuple[int, int, int], ...] = ()
+    normalized: bool = False
 
     @pydantic.model_validator(mode="after")
     def _check_positions(self) -> PromptEncoding:

@@ -10,7 +10,7 @@ __all__ = ["GuardSettings", "CalibrationSettings", "SAFETY_SYSTEM_PROMPT", "OnEr
 
 OnError = Literal["block", "allow", "raise"]
 OnOverflow = Literal["truncate", "block"]
-Mode = Literal["paper", "tuned"]
+Mode = Literal["paper", "tuned", "pooled"]
 Selection = Literal["label", "behaviour", "auto"]
 
 SAFETY_SYSTEM_PROMPT = (
@@ -43,6 +43,10 @@ class GuardSettings(BaseModel):
                                   "40 % of the depth; pick it with `latent-guardrail steer --sweep`).")
     steer_coeff: float = Field(default=1.0, ge=-100.0, le=100.0, allow_inf_nan=False,
                                description="Coefficient c of the refusal direction for on_block='steer'.")
+    normalize: bool = Field(
+        default=True, description="Judge the user's text after NFKC, removal of zero-width/control characters and "
+                                  "confusable folding (verdict.normalized says when it changed anything).")
+    case_fold: bool = Field(default=False, description="Also case-fold the text before judging it.")
     steer_fallback: bool = Field(
         default=True, description="on_block='steer': answer the canned refusal when the steered answer does not "
                                   "read as a refusal (phrase judge), so a blocked prompt never gets another answer.")
@@ -53,7 +57,12 @@ class CalibrationSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mode: Mode = Field(default="tuned", description="'paper' (the paper's centroid rule) or 'tuned'.")
+    mode: Mode = Field(default="tuned", description="'paper' (the paper's centroid rule), 'tuned' (t_inst and the "
+                                                     "content mean) or 'pooled' (every clause end of every user "
+                                                     "turn, max-pooled, leave-one-family-out CV).")
+    augment: int = Field(default=1, ge=0, le=8,
+                         description="Pooled: wrapped copies of every prompt (the same wrapper families on both "
+                                     "sides, augment.CALIBRATION_FAMILIES).")
     selection: Selection = Field(
         default="label",
         description="'label': use the labels as given; 'behaviour': keep refused-harmful and accepted-harmless "

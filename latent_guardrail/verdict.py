@@ -9,13 +9,33 @@ LangChain) only translate it; they never build their own.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Verdict", "VerdictStatus"]
+if TYPE_CHECKING:
+    from .positions import PromptEncoding
+
+__all__ = ["Verdict", "VerdictSpan", "VerdictStatus", "decisive_span"]
 
 VerdictStatus = Literal["ok", "error"]
+
+
+class VerdictSpan(BaseModel):
+    """The clause the verdict rests on: characters ``[start, end)`` of the content of message ``message``
+    (an index into the messages as given; a plain string prompt is message 0), as judged (normalised)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message: int = Field(ge=0)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+    def of(self, prompt: str | Sequence[Mapping[str, str]]) -> str:
+        """The span's text in ``prompt`` (the judged text; for a normalised prompt, approximately the typed one)."""
+        content = prompt if isinstance(prompt, str) else prompt[self.message]["content"]
+        return content[self.start:self.end]
 
 
 class Verdict(BaseModel):
@@ -43,6 +63,10 @@ class Verdict(BaseModel):
     num_tokens: int | None = Field(default=None, description="Length of the rendered prompt in tokens.")
     truncated: bool = Field(default=False, description="The instruction was cut from the left to fit.")
     sanitized: bool = Field(default=False, description="Special-token text in the input was neutralised.")
+    normalized: bool = Field(default=False, description="The text judged was the normalised one (it differed from "
+                                                        "the text as typed).")
+    span: VerdictSpan | None = Field(default=None, description="The clause whose state decided (pooled scorers: the "
+                                                               "highest-scoring clause end; others: the t_inst one).")
     fingerprint: str = Field(default="", description="Fingerprint of host model, tokenizer, template, system prompt.")
     decided_by: str = Field(default="threshold",
                             description="The rule that decided: 'threshold' (score >= threshold) or 'failure' "
@@ -97,3 +121,19 @@ class Verdict(BaseModel):
         word = "HARMFUL" if self.harmful else "harmless"
         cat = f" category={self.category}" if self.category else ""
         return f"{word} score={self.score:+.4f} threshold={self.threshold:+.4f} mode={self.mode}{cat}"
+
+
+def decisive_span(encoding: PromptEncoding, slot: int | None, width: int = 32) -> VerdictSpan | None:
+    """The clause behind slot ``slot`` of a ``clause_ends`` read (``width`` slots: the last ends, the first one
+    repeated in front), or the clause that ends at t_inst when ``slot`` is None."""
+    ends = encoding.end_clauses
+    if not ends:
+        return None
+    if slot is None:
+        index = len(ends) - 1
+    elif len(ends) >= width:
+        index = len(ends) - width + slot
+    else:
+        index = max(0, slot - (width - len(ends)))
+    turn, start, end = ends[min(index, len(ends) - 1)]
+    return VerdictSpan(message=encoding.user_messages[turn] if encoding.user_messages else 0, start=start, end=end)
