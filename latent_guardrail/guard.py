@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +42,15 @@ from .settings import CalibrationSettings, GuardSettings, Mode, Selection
 from .verdict import Verdict, decisive_span
 from .views import MAX_CLAUSE_ENDS, View
 
-__all__ = ["LatentGuard", "DEFAULT_GUARD"]
+__all__ = ["LatentGuard", "DEFAULT_GUARD", "DEFAULT_RECIPE", "build_default_guard", "shipped_default_guard"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GUARD = "default"
 _THRESHOLD_POLICY = ThresholdPolicy()
-_DEFAULT_GUARD_VERSION = "1"
+_DEFAULT_GUARD_VERSION = "2"
+DEFAULT_RECIPE = CalibrationSettings(mode="pooled", augment=1)
+"""How the default guard is fitted on the bundled sets."""
 
 
 def _as_host(host: Host | str | os.PathLike[str] | None) -> Host:
@@ -112,8 +116,10 @@ class LatentGuard:
              *, settings: GuardSettings | None = None, progress: bool = True) -> LatentGuard:
         """Load a saved guard onto ``host`` (the default host when None).
 
-        ``"default"`` is the default host's guard fitted on the bundled ``calibration/`` sets in tuned
-        mode: fitted on first use (about a minute on 2 CPU cores) and cached.
+        ``"default"`` is the guard fitted on the bundled ``calibration/`` sets with :data:`DEFAULT_RECIPE`
+        (the pooled rule, one wrapped copy of every prompt). For the default host it ships inside the package
+        (``latent_guardrail/default_guard``, rebuilt bit for bit by ``latent-guardrail build-default``); for
+        any other host it is fitted on first use (minutes: every clause end of every prompt is read) and cached.
 
         Raises:
             ArtifactError: missing or corrupt artifact.
@@ -121,14 +127,7 @@ class LatentGuard:
         """
         loaded = _as_host(host)
         if str(path) == DEFAULT_GUARD:
-            folder = default_guard_dir(loaded)
-            if not (folder / "guard.json").is_file():
-                harmful, harmless = read_calibration_sets()
-                logger.info("fitting the default guard on the bundled calibration sets (first use)")
-                fitted = calibrate(loaded, harmful, harmless, settings=CalibrationSettings(mode="tuned"),
-                                   progress=progress)
-                save_fitted(fitted, folder)
-            path = folder
+            path = _default_guard_for(loaded, progress)
         fitted = load_fitted(path)
         return cls(loaded, fitted, _merge(fitted.settings, settings))
 
@@ -364,6 +363,39 @@ def _merge(saved: GuardSettings, override: GuardSettings | None) -> GuardSetting
     return GuardSettings.model_validate({**saved.model_dump(), **override.model_dump(exclude_unset=True)})
 
 
+def shipped_default_guard() -> Path | None:
+    """The default guard shipped in the package (fitted for the default host), or None when absent."""
+    folder = Path(str(resources.files("latent_guardrail") / "default_guard"))
+    return folder if (folder / "guard.json").is_file() else None
+
+
+def _default_guard_for(host: Host, progress: bool) -> Path:
+    """The folder of the default guard for ``host``: the shipped one when it was fitted for this host, else a
+    cached fit (made now when missing)."""
+    shipped = shipped_default_guard()
+    if shipped is not None:
+        parts = json.loads((shipped / "guard.json").read_text(encoding="utf-8")).get("fingerprint_parts")
+        if parts == host.fingerprint_parts(None):
+            return shipped
+    folder = default_guard_dir(host)
+    if not (folder / "guard.json").is_file():
+        logger.info("fitting the default guard on the bundled calibration sets (first use for this host)")
+        build_default_guard(host, folder, progress=progress)
+    return folder
+
+
+def build_default_guard(host: Host, out: str | os.PathLike[str], *, root: Path | None = None, every: int = 1,
+                        progress: bool = True) -> Path:
+    """Fit the default guard (:data:`DEFAULT_RECIPE` on the calibration sets under ``root``, the bundled ones
+    by default; ``every`` > 1 keeps every k-th row of each class, for a quick rebuild) and save it to ``out``.
+
+    The fit is deterministic: the same host, sets and recipe give the same artifact on the same machine.
+    """
+    harmful, harmless = read_calibration_sets(root)
+    fitted = calibrate(host, harmful[::every], harmless[::every], settings=DEFAULT_RECIPE, progress=progress)
+    return save_fitted(fitted, out)
+
+
 def default_guard_dir(host: Host) -> Path:
     """Cache folder of the default guard for ``host``, keyed by host, bundled sets and fitting recipe."""
     digest = hashlib.sha256(_DEFAULT_GUARD_VERSION.encode())
@@ -371,5 +403,5 @@ def default_guard_dir(host: Host) -> Path:
     harmful, harmless = read_calibration_sets()
     for record in harmful + harmless:
         digest.update(f"{record.label}|{record.category}|{record.text}\n".encode())
-    digest.update(CalibrationSettings(mode="tuned").model_dump_json().encode())
+    digest.update(DEFAULT_RECIPE.model_dump_json().encode())
     return cache_root() / "guards" / f"default-{digest.hexdigest()[:12]}"

@@ -7,6 +7,12 @@ finish with ``use_cache=True``; its logits and KV cache feed the package's one d
 (:func:`latent_guardrail.decoding.decode`: greedy or temperature sampling, stop sequences, cancel), so there is
 never a second prefill. The host's lock is held for the whole generation.
 
+Normalisation (``GuardSettings.normalize``): the host answers the text **as typed**, so the prefill reads the
+typed text. When normalising changes it (zero-width or control characters, look-alike letters, full-width
+forms), the guard also judges the normalised text in one more pass and blocks if either verdict blocks; the
+verdict returned is the normalised one (``verdict.normalized``). Ordinary text is unchanged by normalising,
+so it still costs exactly one prefill.
+
 Typical use::
 
     result = guarded_generate(guard, "How do I kill a stuck process?", max_new_tokens=64)
@@ -176,10 +182,17 @@ def guarded_stream(
     _check_block(on_block, refusal)
     if on_block == "steer":
         _steering_for(guard)  # no refusal direction or a bad steer_layer: fail before any model work
-    encoding = guard.encode(prompt)  # InputError for bad prompts, before any model work
+    encoding = guard.encode(prompt, normalize=False)  # InputError for bad prompts, before any model work
+    judged = guard.encode(prompt) if guard.settings.normalize else encoding
     host = guard.host
     with host.lock:
         verdict, logits, cache = _prefill(guard, encoding)
+        if judged.normalized and not verdict.harmful:
+            # the host answers the text as typed; the guard also judges the normalised text (one more pass,
+            # only when normalising changed something), and either one blocking blocks
+            verdict = guard.check_encodings([judged])[0]
+            if verdict.harmful:
+                logits = cache = None
         yield verdict
         prompt_tokens = len(encoding.input_ids)
         if verdict.harmful:

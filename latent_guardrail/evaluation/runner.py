@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..guard import LatentGuard
 from ..hosts import Host
 from ..metrics import auroc, confusion, tpr_at_fpr
+from ..views import select_views
 from .cache import ResultCache, content_key, guard_identity, host_identity
 from .registry import Baseline, BaselineRun, get_baseline
 from .sets import EvalSet, find_leaks
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 BEHAVIOURS = ("refused-harmful", "accepted-harmful", "accepted-harmless", "refused-harmless")
-_VIEWS = ("t_inst", "content_mean", "t_post_inst")
+_BASE_VIEWS = ("t_inst", "t_post_inst")
 _CHUNK = 64
 
 
@@ -271,25 +272,28 @@ def _guard_pass(guards: Mapping[str, LatentGuard], names: Sequence[str], texts: 
     out.update({"layer_scores": [], "pca_inst": [], "pca_post": [], "truncated": []})
     centroids = first.fitted.centroids
     chunks = [encodings[start:start + _CHUNK] for start in range(0, len(encodings), _CHUNK)]
+    read = list(dict.fromkeys([*_BASE_VIEWS, *(v for n in names for v in guards[n].views)]))
     for chunk in tqdm(chunks, desc=f"{label}: hidden states", disable=not progress, unit="chunk"):
         with first.host.lock:
-            states = first.states(chunk, layers=layers, views=_VIEWS).double()     # (n, 3, L+1, d)
+            states = first.states(chunk, layers=layers, views=read).double()       # (n, slots, L+1, d)
         for name in names:
             guard = guards[name]
-            views = [_VIEWS.index(v) for v in guard.views]
-            picked = states[:, views][:, :, list(guard.layers)]                   # (n, views, layers, d)
-            out[f"score:{name}"].append(guard.fitted.scorer.score(picked).score.numpy())
+            picked = select_views(states, read, guard.views)[:, :, list(guard.layers)]   # (n, slots, layers, d)
+            verdicts = guard.verdicts_from_states(chunk, picked)
+            out[f"score:{name}"].append(np.array([v.score for v in verdicts]))
+        inst = select_views(states, read, ["t_inst"])[:, 0]                          # (n, L+1, d)
+        post = select_views(states, read, ["t_post_inst"])[:, 0]
         out["layer_scores"].append(
-            cosine_scores(states[:, 0][:, list(centroids.layers)], centroids.harmful, centroids.harmless).numpy())
-        out["pca_inst"].append(states[:, 0, pca_layer].float().numpy())
-        out["pca_post"].append(states[:, 2, pca_layer].float().numpy())
+            cosine_scores(inst[:, list(centroids.layers)], centroids.harmful, centroids.harmless).numpy())
+        out["pca_inst"].append(inst[:, pca_layer].float().numpy())
+        out["pca_post"].append(post[:, pca_layer].float().numpy())
         out["truncated"].append(np.array([e.truncated for e in chunk], dtype=bool))
     return {key: np.concatenate(values) for key, values in out.items()}
 
 
 def _default_pca_layer(guards: Mapping[str, LatentGuard]) -> int:
     for guard in guards.values():
-        if guard.mode == "tuned":
+        if guard.mode in ("tuned", "pooled"):
             return int(guard.layers[len(guard.layers) // 2])
     first = next(iter(guards.values()))
     return round(2 * first.host.num_blocks / 3)
