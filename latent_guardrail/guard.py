@@ -38,8 +38,9 @@ from .layers import decoder_blocks
 from .normalize import normalize_prompt
 from .policy import Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
+from .segments import sentence_groups
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
-from .verdict import Verdict, decisive_span
+from .verdict import Verdict, VerdictSpan, decisive_span
 from .views import MAX_CLAUSE_ENDS, View
 
 __all__ = ["LatentGuard", "DEFAULT_GUARD", "DEFAULT_RECIPE", "build_default_guard", "shipped_default_guard"]
@@ -290,7 +291,42 @@ class LatentGuard:
                 encodings.append(self.encode(prompt))
             except InputError as exc:
                 raise InputError(f"prompt {index}: {exc}") from exc
+        if self.settings.segments:
+            return self._check_segmented(prompts, encodings, progress)
         return self.check_encodings(encodings, progress=progress)
+
+    def _check_segmented(self, prompts: Sequence[Prompt], encodings: list[PromptEncoding],
+                         progress: bool) -> list[Verdict]:
+        """Segment mode: each prompt and every sentence group of its user messages, judged in one batch; each
+        prompt's verdict is its worst reading (highest score)."""
+        owners: list[tuple[int, int, int]] = []          # per segment: (prompt, message, start char)
+        extra: list[PromptEncoding] = []
+        for index, prompt in enumerate(prompts):
+            if self.settings.normalize:
+                prompt, _ = normalize_prompt(prompt, case_fold=self.settings.case_fold)
+            contents = [(0, prompt)] if isinstance(prompt, str) else [
+                (m, message["content"]) for m, message in enumerate(prompt) if message.get("role") == "user"]
+            for message, content in contents:
+                groups = sentence_groups(content, self.settings.segment_chars)
+                if len(groups) < 2:
+                    continue
+                for group in groups:
+                    try:
+                        extra.append(self.encode(content[group.start:group.end]))
+                    except InputError:
+                        continue
+                    owners.append((index, message, group.start))
+        verdicts = self.check_encodings([*encodings, *extra], progress=progress)
+        out = verdicts[:len(encodings)]
+        for (index, message, start), verdict in zip(owners, verdicts[len(encodings):], strict=True):
+            if verdict.status != "ok" or out[index].status != "ok" or verdict.score <= out[index].score:
+                continue
+            span = None if verdict.span is None else VerdictSpan(
+                message=message, start=start + verdict.span.start, end=start + verdict.span.end)
+            out[index] = verdict.model_copy(update={"segmented": True, "span": span,
+                                                    "normalized": out[index].normalized,
+                                                    "truncated": out[index].truncated})
+        return out
 
     def check_encodings(self, encodings: Sequence[PromptEncoding], *, progress: bool = False) -> list[Verdict]:
         """Verdicts of prompts already encoded with :meth:`encode` (model failures follow ``on_error``)."""

@@ -47,6 +47,11 @@ class GuardSettings(BaseModel):
         default=True, description="Judge the user's text after NFKC, removal of zero-width/control characters and "
                                   "confusable folding (verdict.normalized says when it changed anything).")
     case_fold: bool = Field(default=False, description="Also case-fold the text before judging it.")
+    segments: bool = Field(
+        default=False, description="Segment mode: also judge every group of sentences of every user message as "
+                                   "an instruction of its own (same batch); the verdict is the worst reading.")
+    segment_chars: int = Field(default=400, ge=20, le=100_000,
+                               description="Segment mode: longest sentence group, in characters.")
     steer_fallback: bool = Field(
         default=True, description="on_block='steer': answer the canned refusal when the steered answer does not "
                                   "read as a refusal (phrase judge), so a blocked prompt never gets another answer.")

@@ -65,6 +65,8 @@ class Verdict(BaseModel):
     sanitized: bool = Field(default=False, description="Special-token text in the input was neutralised.")
     normalized: bool = Field(default=False, description="The text judged was the normalised one (it differed from "
                                                         "the text as typed).")
+    segmented: bool = Field(default=False, description="Segment mode: the worst reading was one sentence group "
+                                                       "judged on its own (span says which).")
     span: VerdictSpan | None = Field(default=None, description="The clause whose state decided (pooled scorers: the "
                                                                "highest-scoring clause end; others: the t_inst one).")
     fingerprint: str = Field(default="", description="Fingerprint of host model, tokenizer, template, system prompt.")

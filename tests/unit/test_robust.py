@@ -228,3 +228,24 @@ def test_pooled_fit_reports_leave_one_group_out_candidates(pooled_guard: LatentG
     assert report["groups"] >= 3 and report["candidates_top"]
     assert np.isfinite(report["cv_auroc"]) and report["pooling"] in ("max", "mix")
     assert torch.isfinite(pooled_guard.fitted.scorer.to_tensors()["pooled.directions"]).all()
+
+
+def test_segment_mode_judges_each_sentence_group_and_keeps_the_worst(pooled_guard: LatentGuard) -> None:
+    filler = " ".join(f"{b}." for b in _BENIGN)
+    text = f"{filler} {_TRIGGER} tea is hot. {filler}"
+    plain = pooled_guard.check(text)
+    segmented = pooled_guard.with_settings(segments=True, segment_chars=60).check(text)
+    assert segmented.score >= plain.score
+    if segmented.segmented:
+        assert segmented.span is not None and segmented.span.end > text.index(_TRIGGER) - 60
+    short = pooled_guard.with_settings(segments=True).check("tea is hot.")
+    assert short.score == pooled_guard.check("tea is hot.").score and not short.segmented
+
+
+def test_guarded_generation_answers_the_typed_text_and_judges_the_normalised_one(pooled_guard: LatentGuard) -> None:
+    from latent_guardrail.guarded import guarded_generate
+
+    typed = "snow is c\u200bold."
+    result = guarded_generate(pooled_guard, typed, max_new_tokens=3)
+    assert result.verdict.normalized
+    assert result.verdict.score == pooled_guard.check("snow is cold.").score
