@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 MODEL_STAMP := $(VENV)/.model
 
-.PHONY: install model demo test unit integration lint bench clean
+.PHONY: install model demo test unit integration lint bench clean default-guard robustness
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ test: model lint
 
 bench: model
 	$(PY) benchmarks/bench_all.py --json docs/results/bench.json
+
+# Rebuild the shipped default guard from calibration/ (about 20 minutes on 2 CPU cores).
+default-guard: model
+	$(VENV)/bin/latent-guardrail build-default -o latent_guardrail/default_guard
+
+# Held-out sets, wrapper families and everyday prompts on the default guard; writes the README tables.
+robustness: model
+	$(PY) scripts/robustness_report.py --json docs/results/robustness.json --readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

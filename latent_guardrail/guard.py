@@ -50,8 +50,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_GUARD = "default"
 _THRESHOLD_POLICY = ThresholdPolicy()
 _DEFAULT_GUARD_VERSION = "2"
-DEFAULT_RECIPE = CalibrationSettings(mode="pooled", augment=1)
-"""How the default guard is fitted on the bundled sets."""
+DEFAULT_RECIPE = CalibrationSettings(mode="pooled", augment=1, target_fpr=0.15)
+"""How the default guard is fitted on the bundled sets (threshold at 15 % held-out-family false positives)."""
+DEFAULT_GUARD_SETTINGS = GuardSettings(case_fold=True)
+"""The default guard's check settings: normalised and case-folded text (mixed case reads like lower case)."""
 
 
 def _as_host(host: Host | str | os.PathLike[str] | None) -> Host:
@@ -428,7 +430,8 @@ def build_default_guard(host: Host, out: str | os.PathLike[str], *, root: Path |
     The fit is deterministic: the same host, sets and recipe give the same artifact on the same machine.
     """
     harmful, harmless = read_calibration_sets(root)
-    fitted = calibrate(host, harmful[::every], harmless[::every], settings=DEFAULT_RECIPE, progress=progress)
+    fitted = calibrate(host, harmful[::every], harmless[::every], settings=DEFAULT_RECIPE,
+                       guard_settings=DEFAULT_GUARD_SETTINGS, progress=progress)
     return save_fitted(fitted, out)
 
 
@@ -440,4 +443,5 @@ def default_guard_dir(host: Host) -> Path:
     for record in harmful + harmless:
         digest.update(f"{record.label}|{record.category}|{record.text}\n".encode())
     digest.update(DEFAULT_RECIPE.model_dump_json().encode())
+    digest.update(DEFAULT_GUARD_SETTINGS.model_dump_json().encode())
     return cache_root() / "guards" / f"default-{digest.hexdigest()[:12]}"

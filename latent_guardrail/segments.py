@@ -5,8 +5,9 @@ harmful request followed by a pleasantry ("… Thanks!") or buried in benign con
 its own end (causal attention: later words cannot change an earlier token's state). :func:`clause_ends`
 finds those ends; :func:`sentence_groups` cuts a text into groups of sentences for segment mode.
 
-An end is the last character of a run of ``. ! ? ; :`` (or a closing quote/bracket right after it) that is
-followed by whitespace or the end of the text, the last visible character before a line break, and always the
+An end is a stop (``. ! ? ; :``) followed by whitespace, a closing quote or bracket, or the end of the text;
+the last closer of a run right after a stop, when whitespace or the end follows it (``…bomb?"}`` ends at the
+``?`` and at the ``}``); the last visible character before a line break, and always the
 last visible character of the text.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 __all__ = ["Clause", "clause_ends", "sentence_groups"]
 
 _STOPS = frozenset(".!?;:。！？")
-_CLOSERS = frozenset("\"')]}»”’")
+_CLOSERS = frozenset("\"')]}»”’>")
 _SENTENCE_STOPS = frozenset(".!?\n。！？")
 
 
@@ -27,6 +28,14 @@ class Clause:
 
     start: int
     end: int
+
+
+def _after_stop(text: str, i: int) -> bool:
+    """``text[i]`` closes a quote or bracket right after a stop (``?"`` or ``.)}``)."""
+    j = i - 1
+    while j >= 0 and text[j] in _CLOSERS:
+        j -= 1
+    return j >= 0 and text[j] in _STOPS
 
 
 def clause_ends(text: str) -> list[Clause]:
@@ -40,8 +49,8 @@ def clause_ends(text: str) -> list[Clause]:
         if char.isspace():
             continue
         nxt = text[i + 1] if i + 1 < n else ""
-        if char in _STOPS or (char in _CLOSERS and i > 0 and text[i - 1] in _STOPS):
-            if nxt == "" or nxt.isspace():
+        if char in _STOPS or (char in _CLOSERS and _after_stop(text, i)):
+            if nxt == "" or nxt.isspace() or (nxt in _CLOSERS and char in _STOPS):
                 ends.append(i)
                 continue
         if nxt in ("\n", "\r"):

@@ -102,9 +102,10 @@ def measure(guard: LatentGuard, quick: bool) -> dict[str, Any]:
                                 "rate": _rate([not v.harmful for v in verdicts]),
                                 "blocked": sum(v.harmful for v in verdicts)}
     result["heldout_auroc"] = auroc(scores_h, scores_b)
-    base_h = harmful["plain"]
-    base_b = _sample(harmless["sensitive"], 40, seed=3) + _sample(harmless["everyday"], 30, seed=4) + \
-        _sample(harmless["longform"], 20, seed=5)
+    base_h = _sample(harmful["plain"], 20 if quick else 52, seed=6)
+    base_b = _sample(harmless["sensitive"], 10 if quick else 24, seed=3) + \
+        _sample(harmless["everyday"], 10 if quick else 20, seed=4) + _sample(harmless["longform"], 5 if quick else 16,
+                                                                              seed=5)
     plain_h = [v.harmful for v in guard.check_batch(base_h)]
     plain_b = [not v.harmful for v in guard.check_batch(base_b)]
     result["plain"] = {"harmful_flagged": _rate(plain_h), "harmless_passed": _rate(plain_b),

@@ -43,7 +43,7 @@ def test_default_guard_blocks_harmful_and_passes_harmless(default_guard):
     verdicts = default_guard.check_batch(HARMFUL + HARMLESS)
     assert [v.harmful for v in verdicts] == [True] * 3 + [False] * 3, [v.summary() for v in verdicts]
     v = verdicts[0]
-    assert v.mode == "tuned" and v.category is not None and len(v.category_scores) >= 10
+    assert v.mode == "pooled" and v.category is not None and len(v.category_scores) >= 10
     assert set(v.layer_scores) == set(default_guard.layers) and v.fingerprint == default_guard.fingerprint
 
 
