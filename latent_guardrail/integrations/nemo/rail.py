@@ -10,8 +10,9 @@ verdict also answers an allowed prompt, and the answer waits in the model's :cla
 main-LLM call of the same request — one prefill per request. A blocked prompt stops its prefill at the last layer
 the guard reads. Torch work runs in worker threads, never on the event loop: a plain check in the guard's own
 worker (:meth:`~latent_guardrail.LatentGuard.acheck`), a guarded generation or a steered refusal in
-``asyncio.to_thread``. Every failure verdict comes from the guard
-(:meth:`~latent_guardrail.LatentGuard.failure_verdict`: logged with its reason code, ``on_error`` applied).
+:func:`~latent_guardrail.streaming.call_in_thread` (a cancelled request stops decoding). Every failure verdict
+comes from the guard (:meth:`~latent_guardrail.LatentGuard.failure_verdict`: logged with its reason code,
+``on_error`` applied).
 
 Imports go one way: this module imports the action (:mod:`.actions`) and the settings (:mod:`.loading`); the
 rail folder's ``config.py`` imports this module.
@@ -19,7 +20,6 @@ rail folder's ``config.py`` imports this module.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Mapping
@@ -47,6 +47,7 @@ from latent_guardrail.integrations.nemo.provider import (
 )
 from latent_guardrail.positions import Prompt
 from latent_guardrail.steering import Direction
+from latent_guardrail.streaming import call_in_thread
 from latent_guardrail.verdict import Verdict
 
 __all__ = ["ACTION_NAME", "FLOW_NAME", "RAIL_PARAM", "LatentGuardRail", "rail_path", "register", "rail_outcome"]
@@ -161,8 +162,8 @@ class LatentGuardRail:
 
     async def _steered(self, prompt: Prompt) -> str | None:
         try:
-            result = await asyncio.to_thread(steered_refusal, self.guard, prompt,
-                                             max_new_tokens=self.settings.steer_max_new_tokens)
+            result = await call_in_thread(lambda _cancel: steered_refusal(
+                self.guard, prompt, max_new_tokens=self.settings.steer_max_new_tokens))
         except LatentGuardError as exc:  # the block stands; the flow falls back to its canned refusal
             logger.error("steered refusal failed (%s); answering with the flow's refusal", exc)
             return None
@@ -174,10 +175,9 @@ class LatentGuardRail:
         call = llm.call_options(None, llm_params)
         on_block: OnBlock = "steer" if self.settings.on_block == "steer" else "refuse"
         try:
-            result: GuardedResult = await asyncio.to_thread(
-                guarded_generate, self.guard, prompt, max_new_tokens=call.max_new_tokens,
-                temperature=float(call.temperature), seed=call.seed, stop=list(call.stop) or None,
-                on_block=on_block)
+            result: GuardedResult = await call_in_thread(lambda cancel: guarded_generate(
+                self.guard, prompt, max_new_tokens=call.max_new_tokens, temperature=float(call.temperature),
+                seed=call.seed, stop=list(call.stop) or None, on_block=on_block, cancel=cancel))
         except LatentGuardError as exc:  # e.g. the prefill failed and the policy allowed: judge on its own
             logger.warning("shared prefill failed (%s); checking separately", exc)
             return await self._check(prompt)
