@@ -22,9 +22,10 @@ def _batch() -> PaddedBatch:
                        t_content_start=torch.tensor([1, 2]))
 
 
-def test_the_registry_knows_the_three_views_and_their_kinds() -> None:
+def test_the_registry_knows_the_views_and_their_kinds() -> None:
     assert {name: view.kind for name, view in VIEWS.items()} == {
-        "t_inst": "point", "t_post_inst": "point", "content_mean": "span"}
+        "t_inst": "point", "t_post_inst": "point", "content_mean": "span", "clause_ends": "set"}
+    assert VIEWS["clause_ends"].width == 32 and VIEWS["t_inst"].width == 1
     assert get_view("t_inst") is VIEWS["t_inst"]
     assert get_view(VIEWS["content_mean"]) is VIEWS["content_mean"]
 
@@ -99,7 +100,7 @@ def _centroids(d: int = 4) -> Centroids:
 
 
 def test_scorers_are_found_by_mode_and_rebuilt_from_their_own_tensors() -> None:
-    assert set(SCORERS) == {"paper", "tuned"}
+    assert set(SCORERS) == {"paper", "tuned", "pooled"}
     assert scorer_class("tuned") is TunedScorer
     with pytest.raises(ValueError, match="magic"):
         scorer_class("magic")
