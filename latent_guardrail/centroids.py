@@ -82,6 +82,19 @@ def _check_finite(numbers: Sequence[float]) -> None:
         raise ValueError("the scorer's threshold or calibration is not a finite number")
 
 
+def check_scorer_tensors(prefix: str, shapes: Mapping[str, tuple[torch.Tensor, tuple[int, ...]]],
+                         numbers: Sequence[float]) -> None:
+    """Each named tensor has its expected shape and ``numbers`` (threshold, calibration) are finite.
+
+    Raises:
+        ValueError: naming the tensor (with ``prefix``) or the non-finite number.
+    """
+    for name, (value, shape) in shapes.items():
+        if tuple(value.shape) != shape:
+            raise ValueError(f"tensor {prefix + name!r} has shape {tuple(value.shape)}, expected {shape}")
+    _check_finite(numbers)
+
+
 def _check_states(states: torch.Tensor, layers: int, views: Sequence[str] | None = None) -> torch.Tensor:
     """Validate and upcast states: ``(n, layers, d)`` when ``views`` is None, else ``(n, views, layers, d)``.
 
@@ -384,11 +397,7 @@ class TunedScorer:
                   "category_directions": (self.category_directions, (c, v, k, d)),
                   "category_midpoints": (self.category_midpoints, (c, v, k, d)),
                   "category_calibration": (self.category_calibration, (c, 2))}
-        for name, (value, shape) in shapes.items():
-            if tuple(value.shape) != shape:
-                raise ValueError(f"tensor {self.tensor_prefix + name!r} has shape {tuple(value.shape)}, "
-                                 f"expected {shape}")
-        _check_finite([self.threshold, *self.calibration])
+        check_scorer_tensors(self.tensor_prefix, shapes, [self.threshold, *self.calibration])
 
     @classmethod
     def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],

@@ -21,7 +21,6 @@ Everything is computed in float64.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .centroids import Centroids, ScoreOutput, _platt
+from .centroids import Centroids, ScoreOutput, _platt, check_scorer_tensors
 from .errors import CalibrationError, NumericalError
 from .metrics import auroc, threshold_at_fpr
 from .views import VIEWS
@@ -39,11 +38,6 @@ __all__ = ["EndLabels", "PooledOptions", "PooledScorer", "Pooling", "fit_pooled"
 _F64 = torch.float64
 Pooling = Literal["max", "mix"]
 POOLINGS: tuple[Pooling, ...] = ("max", "mix")
-
-
-def _check_finite(numbers: Sequence[float]) -> None:
-    if not all(math.isfinite(x) for x in numbers):
-        raise ValueError("the scorer's threshold or calibration is not a finite number")
 
 
 def _pool(slot_scores: torch.Tensor, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,11 +131,7 @@ class PooledScorer:
                   "category_directions": (self.category_directions, (c, k, d)),
                   "category_midpoints": (self.category_midpoints, (c, k, d)),
                   "category_calibration": (self.category_calibration, (c, 2))}
-        for name, (value, shape) in shapes.items():
-            if tuple(value.shape) != shape:
-                raise ValueError(f"tensor {self.tensor_prefix + name!r} has shape {tuple(value.shape)}, "
-                                 f"expected {shape}")
-        _check_finite([self.threshold, *self.calibration])
+        check_scorer_tensors(self.tensor_prefix, shapes, [self.threshold, *self.calibration])
 
     @classmethod
     def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
