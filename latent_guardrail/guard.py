@@ -198,15 +198,18 @@ class LatentGuard:
         return self.fitted.scorer.categories
 
     # ------------------------------------------------------------------ checking
-    def encode(self, prompt: Prompt, *, normalize: bool | None = None) -> PromptEncoding:
+    def encode(self, prompt: Prompt, *, normalize: bool | None = None, case_fold: bool | None = None
+               ) -> PromptEncoding:
         """Render and tokenize one prompt with this guard's system prompt and limits.
 
         With ``normalize`` (default: ``settings.normalize``) every user message is normalised first
-        (:func:`latent_guardrail.normalize.normalize_text`); ``encoding.normalized`` says whether that changed it.
+        (:func:`latent_guardrail.normalize.normalize_text`, case-folded when ``case_fold``, default
+        ``settings.case_fold``); ``encoding.normalized`` says whether that changed it.
         """
         changed = False
+        fold = self.settings.case_fold if case_fold is None else case_fold
         if self.settings.normalize if normalize is None else normalize:
-            prompt, changed = normalize_prompt(prompt, case_fold=self.settings.case_fold)
+            prompt, changed = normalize_prompt(prompt, case_fold=fold)
         encoding = self._encode_limited(prompt)
         return encoding.model_copy(update={"normalized": True}) if changed else encoding
 

@@ -62,7 +62,9 @@ def test_harmful_blocked_look_alike_answered(llm: GuardedChatModel, default_guar
     blocked = llm.invoke(HARMFUL)
     verdict = verdict_of(blocked)
     assert blocked.content == DEFAULT_REFUSAL and verdict is not None and verdict.harmful
-    assert verdict.category is not None and abs(verdict.score - default_guard.check(HARMFUL).score) < 1e-5
+    # guarded generation judges the typed text in its one prefill (no case folding there)
+    typed = default_guard.with_settings(case_fold=False).check(HARMFUL)
+    assert verdict.category is not None and abs(verdict.score - typed.score) < 1e-5
     answer = llm.invoke(LOOK_ALIKE)
     verdict = verdict_of(answer)
     assert verdict is not None and not verdict.harmful

@@ -116,7 +116,9 @@ def test_colang1_refuses_harmful_without_a_main_llm_call_and_logs_the_rail(app_v
     meta = outcome.metadata
     assert outcome.is_blocked and meta["status"] == "ok" and meta["score"] >= meta["threshold"]
     assert meta["category"] and meta["layers"] and len(meta["layer_scores"]) == len(meta["layers"])
-    assert app_v1.llm.guard.check(HARMFUL).score == pytest.approx(meta["score"], abs=1e-4)
+    guard = app_v1.llm.guard  # a shared prefill judges the typed text (no case folding), a check the folded one
+    assert any(g.check(HARMFUL).score == pytest.approx(meta["score"], abs=1e-4)
+               for g in (guard, guard.with_settings(case_fold=False)))
     assert hook_ids(app_v1.llm.guard.host.model) == before
 
 
