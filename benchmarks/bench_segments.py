@@ -5,8 +5,8 @@
 The same prompts are checked with the default guard in its normal mode (one forward pass per prompt, every
 clause end read) and in segment mode (``GuardSettings.segments``: every sentence group of the user's text is
 also judged as an instruction of its own, in the same batch). Prompts: short ones (one sentence, where segment
-mode adds nothing) and long multi-sentence ones built from the held-out long-form texts (where it adds one
-pass per sentence group). Prints the median time of each and their ratio.
+mode adds nothing) and long ones of three held-out long-form texts each (over ``segment_chars``, where it adds
+one sequence per sentence group). Prints the median time of each and their ratio.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     guard = LatentGuard.load("default", progress=False)
     segmented = guard.with_settings(segments=True)
-    long_texts = [r.text for r in read_prompts(HELDOUT / "harmless_longform.jsonl")][:16]
+    rows = [r.text for r in read_prompts(HELDOUT / "harmless_longform.jsonl")]
+    long_texts = [" ".join(rows[i:i + 3]) for i in range(0, 48, 3)]       # 16 texts of 3 long-form posts each
     short_texts = [r.text for r in read_prompts(HELDOUT / "everyday.jsonl")][:16]
     results: dict[str, float | str] = {}
     for name, texts in (("short", short_texts), ("long", long_texts)):
