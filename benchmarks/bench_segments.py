@@ -12,25 +12,15 @@ one sequence per sentence group). Prints the median time of each and their ratio
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
+from bench_core import _timed  # benchmarks/bench_core.py: median time of repeated calls
 from report import print_results  # benchmarks/report.py (scripts run from this folder)
 
 from latent_guardrail import LatentGuard
 from latent_guardrail.datasets import read_prompts
 
 HELDOUT = Path(__file__).resolve().parents[1] / "heldout"
-
-
-def _median(fn, rounds: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -46,8 +36,8 @@ def main() -> None:
     results: dict[str, float | str] = {}
     for name, texts in (("short", short_texts), ("long", long_texts)):
         guard.check_batch(texts)  # warm-up
-        single = _median(lambda t=texts: guard.check_batch(t), args.rounds)
-        seg = _median(lambda t=texts: segmented.check_batch(t), args.rounds)
+        single = _timed(lambda t=texts: guard.check_batch(t), args.rounds)
+        seg = _timed(lambda t=texts: segmented.check_batch(t), args.rounds)
         results[f"{name}_single_s"] = round(single, 3)
         results[f"{name}_segments_s"] = round(seg, 3)
         results[f"{name}_segments_over_single"] = round(seg / single, 2)
