@@ -251,11 +251,8 @@ def extract_end_states(
     for chunk in tqdm(chunks, desc=label, disable=not progress, unit="batch"):
         batch = pad_batch([encodings[i] for i in chunk], pad_token_id, side="left")
         width = max(len(kept[i]) or 1 for i in chunk)
-        positions = torch.empty((len(chunk), width), dtype=torch.long)
-        for row, index in enumerate(chunk):
-            own = kept[index] or [encodings[index].t_inst]
-            shift = batch.input_ids.shape[1] - len(encodings[index].input_ids)
-            positions[row] = shift + torch.tensor([own[0]] * (width - len(own)) + own, dtype=torch.long)
+        assert batch.ends is not None
+        positions = batch.ends[:, -width:]  # every row's last ends, right-aligned and filled as pad_batch does
         result = run_capture(model, batch.input_ids, batch.attention_mask, layers, positions,
                              layer_template=layer_template)
         stacked = result.stacked()                                        # (batch, width, layers, d)

@@ -125,7 +125,7 @@ class Verdict(BaseModel):
         return f"{word} score={self.score:+.4f} threshold={self.threshold:+.4f} mode={self.mode}{cat}"
 
 
-def decisive_span(encoding: PromptEncoding, slot: int | None, width: int = 32) -> VerdictSpan | None:
+def decisive_span(encoding: PromptEncoding, slot: int | None, width: int) -> VerdictSpan | None:
     """The clause behind slot ``slot`` of a ``clause_ends`` read (``width`` slots: the last ends, the first one
     repeated in front), or the clause that ends at t_inst when ``slot`` is None."""
     ends = encoding.end_clauses
