@@ -58,6 +58,7 @@ __all__ = [
     "Usage",
     "guarded_generate",
     "guarded_stream",
+    "judged_stream",
     "steered_refusal",
 ]
 
@@ -201,7 +202,7 @@ def guarded_stream(
             if on_block == "raise":
                 raise LatentGuardBlocked(verdict)
             if on_block == "steer":
-                yield from _steered(guard, verdict, encoding, options, cancel=cancel, refusal=refusal)
+                yield from _steered(guard, verdict, encoding.input_ids, options, cancel=cancel, refusal=refusal)
                 return
             yield GuardedChunk(text=refusal, token_ids=())
             yield GuardedResult(verdict=verdict, text=refusal, tokens=(), usage=Usage(prompt_tokens, 0),
@@ -210,7 +211,59 @@ def guarded_stream(
         if logits is None:  # the pass failed and the failure policy allowed: nothing to continue from
             raise LatentGuardError(f"the prefill failed ({verdict.error}); the failure policy allowed the prompt, "
                                    "but there is no pass to generate from")
-        yield from _decode(guard, verdict, encoding, logits, cache, options, cancel=cancel)
+        yield from _decode(guard, verdict, encoding.input_ids, logits, cache, options, cancel=cancel)
+
+
+def judged_stream(
+    guard: LatentGuard,
+    judged: Sequence[Prompt],
+    input_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    stop: Sequence[str] | None = None,
+    on_block: OnBlock = "refuse",
+    refusal: str = DEFAULT_REFUSAL,
+    seed: int | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[GuardedEvent, None, None]:
+    """Like :func:`guarded_stream` for an answer prompt the guard does not read as it is (tools rendered in it).
+
+    The guard judges each prompt of ``judged`` (one :meth:`LatentGuard.check_batch`: the same verdicts as
+    :meth:`LatentGuard.check`); the verdict yielded is the first blocking one, else the first. Unless it blocks,
+    the host answers ``input_ids`` (the rendered answer prompt ``(seq,)``) from a plain prefill: two passes, as
+    the answer prompt differs from what the guard reads. A blocked prompt is answered as in
+    :func:`guarded_stream` (a steered refusal is steered on ``input_ids``). The host's lock is held throughout.
+
+    Raises:
+        InputError: no prompt to judge, an empty answer prompt, bad options.
+        LatentGuardBlocked: a prompt is blocked and ``on_block == "raise"``.
+    """
+    options = call_options(max_new_tokens, temperature, seed, stop)
+    _check_block(on_block, refusal)
+    if not judged:
+        raise InputError("judged_stream needs at least one prompt to judge")
+    if len(input_ids) == 0:
+        raise InputError("the answer prompt has no tokens")
+    if on_block == "steer":
+        _steering_for(guard)
+    ids = tuple(int(token) for token in input_ids)
+    with guard.host.lock:
+        verdicts = guard.check_batch(list(judged))
+        verdict = next((v for v in verdicts if v.harmful), verdicts[0])
+        yield verdict
+        if verdict.harmful:
+            if on_block == "raise":
+                raise LatentGuardBlocked(verdict)
+            if on_block == "steer":
+                yield from _steered(guard, verdict, ids, options, cancel=cancel, refusal=refusal)
+                return
+            yield GuardedChunk(text=refusal, token_ids=())
+            yield GuardedResult(verdict=verdict, text=refusal, tokens=(), usage=Usage(len(ids), 0),
+                                blocked=True, finish_reason="blocked")
+            return
+        logits, cache = prefill(guard.host.model, ids)
+        yield from _decode(guard, verdict, ids, logits, cache, options, cancel=cancel)
 
 
 def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int = 64) -> GuardedResult:
@@ -230,7 +283,7 @@ def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int =
     encoding = guard.encode(prompt)
     with guard.host.lock:
         verdict = guard.check(prompt)
-        return drain(_steered(guard, verdict, encoding, options, cancel=None, refusal=DEFAULT_REFUSAL),
+        return drain(_steered(guard, verdict, encoding.input_ids, options, cancel=None, refusal=DEFAULT_REFUSAL),
                      GuardedResult, "steered generation")
 
 
@@ -244,7 +297,7 @@ def _steering_for(guard: LatentGuard) -> tuple[Direction, int, float]:
     return direction, layer, guard.settings.steer_coeff
 
 
-def _steered(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, options: CallOptions, *,
+def _steered(guard: LatentGuard, verdict: Verdict, input_ids: Sequence[int], options: CallOptions, *,
              cancel: threading.Event | None, refusal: str) -> Iterator[GuardedEvent]:
     """A full prefill and decoding with the refusal direction added at every position. Callers hold the lock.
 
@@ -252,7 +305,7 @@ def _steered(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, opt
     the phrase judge reads it as a refusal, else ``refusal`` is answered: steering that fails to make the host
     refuse must not let it answer a blocked prompt. Then the text arrives as one chunk.
     """
-    events = _steered_events(guard, verdict, encoding, options, cancel=cancel)
+    events = _steered_events(guard, verdict, input_ids, options, cancel=cancel)
     if not guard.settings.steer_fallback:
         yield from events
         return
@@ -267,13 +320,13 @@ def _steered(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, opt
     yield final
 
 
-def _steered_events(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, options: CallOptions, *,
+def _steered_events(guard: LatentGuard, verdict: Verdict, input_ids: Sequence[int], options: CallOptions, *,
                     cancel: threading.Event | None) -> Generator[GuardedEvent, None, None]:
     """The steered pass: a plain prefill and the decoding loop inside one ``steer(..., positions="all")`` scope."""
     direction, layer, coeff = _steering_for(guard)
     with steer(guard, direction, layer=layer, coeff=coeff, positions="all"):
-        logits, cache = prefill(guard.host.model, encoding.input_ids)
-        yield from _decode(guard, verdict, encoding, logits, cache, options, cancel=cancel, blocked=True)
+        logits, cache = prefill(guard.host.model, input_ids)
+        yield from _decode(guard, verdict, input_ids, logits, cache, options, cancel=cancel, blocked=True)
 
 
 def _check_block(on_block: str, refusal: str) -> None:
@@ -351,7 +404,7 @@ def _failure(guard: LatentGuard, exc: Exception) -> Verdict:
     return guard.failure_verdict(exc)
 
 
-def _decode(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, logits: torch.Tensor, cache: Any,
+def _decode(guard: LatentGuard, verdict: Verdict, input_ids: Sequence[int], logits: torch.Tensor, cache: Any,
             options: CallOptions, *, cancel: threading.Event | None, blocked: bool = False) -> Iterator[GuardedEvent]:
     """:func:`~latent_guardrail.decoding.decode` from the prefill's ``logits`` ``(1, vocab)`` and KV ``cache``,
     as guarded events: a :class:`GuardedChunk` per step, then the :class:`GuardedResult`.
@@ -359,7 +412,7 @@ def _decode(guard: LatentGuard, verdict: Verdict, encoding: PromptEncoding, logi
     ``blocked``: a steered refusal — the result says ``blocked=True`` and ``finish_reason="blocked"``.
     """
     host = guard.host
-    prompt_tokens = len(encoding.input_ids)
+    prompt_tokens = len(input_ids)
     for item in decode(host.model, host.tokenizer, logits, cache, prompt_tokens=prompt_tokens, options=options,
                        max_positions=host.max_positions, cancel=cancel):
         if isinstance(item, Decoded):

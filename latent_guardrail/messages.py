@@ -9,18 +9,25 @@ and its own policy for turns it leaves out:
 - :func:`content_text`: a message content (a ``str``, None, or a list of content parts) → its text: the
   ``str`` parts and the ``{"type": "text", "text": str}`` parts joined by newlines; images and other parts are
   ignored;
-- :func:`require_user_last`: a conversation to be answered must end with a user message.
+- :func:`require_user_last`: a conversation to be answered must end with a user message;
+- :func:`fit_roles`: repeated roles (two system, user or assistant messages in a row) the way the host's chat
+  template can take them. Consecutive system messages at the start are always merged (the guard takes one
+  system message, first); consecutive user or assistant messages are kept when the template renders them and
+  merged (contents joined by a blank line) when it refuses them (e.g. Mistral's strict alternation). Either way
+  the last user message's text ends the last user turn, so the guard reads ``t_inst`` where it did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 from types import MappingProxyType
 
-from .errors import InputError
+from .errors import InputError, TemplateError
 from .positions import Message
 
-__all__ = ["END_WITH_USER", "ROLE_NAMES", "content_text", "guard_role", "require_user_last"]
+__all__ = ["END_WITH_USER", "ROLE_NAMES", "content_text", "fit_roles", "guard_role", "merge_repeated_roles",
+           "require_user_last"]
 
 ROLE_NAMES: Mapping[str, str] = MappingProxyType({
     "human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"})
@@ -61,3 +68,44 @@ def require_user_last(messages: Sequence[Message], detail: str = "") -> None:
     """
     if not messages or messages[-1]["role"] != "user":
         raise InputError(END_WITH_USER + detail)
+
+
+def merge_repeated_roles(messages: Sequence[Message], roles: Sequence[str] = ("system", "user", "assistant")
+                         ) -> list[Message]:
+    """``messages`` with each run of consecutive messages of one of ``roles`` merged into one message (contents
+    joined by a blank line; empty contents dropped from the join). A message holding ``tool_calls`` is never
+    merged (its calls would be lost)."""
+    out: list[Message] = []
+    for message in messages:
+        if out and message["role"] == out[-1]["role"] and message["role"] in roles \
+                and "tool_calls" not in message and "tool_calls" not in out[-1]:
+            parts = [part for part in (out[-1]["content"], message["content"]) if part]
+            out[-1] = {**out[-1], "content": "\n\n".join(parts)}
+        else:
+            out.append(dict(message))
+    return out
+
+
+def fit_roles(messages: Sequence[Message], render: Callable[[list[Message]], object] | None = None) -> list[Message]:
+    """Repeated roles made acceptable to the host (see the module docstring).
+
+    Args:
+        messages: ``{"role", "content"}`` messages.
+        render: renders a conversation with the host's chat template, raising
+            :class:`~latent_guardrail.errors.TemplateError` when the template refuses it (e.g.
+            ``lambda m: render_with_generation_prompt(tokenizer, m)``); None merges every repeated role.
+    """
+    leading = 0
+    while leading < len(messages) and messages[leading]["role"] == "system":
+        leading += 1
+    fitted = [*merge_repeated_roles(messages[:leading]), *(dict(m) for m in messages[leading:])]
+    repeated = any(a["role"] == b["role"] for a, b in pairwise(fitted))
+    if not repeated:
+        return fitted
+    if render is not None:
+        try:
+            render(fitted)
+            return fitted
+        except TemplateError:
+            pass
+    return merge_repeated_roles(fitted)

@@ -41,6 +41,7 @@ __all__ = [
     "PromptEncoding",
     "encode_batch",
     "encode_prompt",
+    "neutralise_special_tokens",
     "pad_batch",
     "render_with_generation_prompt",
     "to_messages",
@@ -305,7 +306,15 @@ def pad_batch(
     return PaddedBatch(input_ids, attention_mask, t_inst, t_post_inst, t_content_start, ends)
 
 
-def _sanitize(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> tuple[list[Message], bool]:
+def neutralise_special_tokens(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, Any]]
+                              ) -> list[dict[str, Any]]:
+    """``messages`` with every special-token string in non-system contents neutralised (as :func:`encode_prompt`
+    does before rendering); other keys of a message (``tool_calls``, ``name``) are kept."""
+    cleaned, _ = _sanitize(tokenizer, [dict(message) for message in messages])
+    return cleaned
+
+
+def _sanitize(tokenizer: PreTrainedTokenizerBase, messages: list[Any]) -> tuple[list[Any], bool]:
     """Neutralise special-token strings in user/assistant contents; also say whether anything changed."""
     tokens = set(getattr(tokenizer, "all_special_tokens", None) or ())
     try:

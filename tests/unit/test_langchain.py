@@ -278,9 +278,8 @@ def test_chat_model_options(llm: GuardedChatModel, guard: LatentGuard) -> None:
     assert llm.bind(max_new_tokens=3).invoke(ALLOWED).usage_metadata["output_tokens"] == 3  # type: ignore[index]
     with pytest.raises(InputError, match="does not take"):
         llm.invoke(ALLOWED, top_k=3)
-    with pytest.raises(InputError):
-        llm.invoke([HumanMessage(ALLOWED), AIMessage("", tool_calls=[{"name": "t", "args": {}, "id": "1"}]),
-                    ToolMessage("x", tool_call_id="1")])
+    with pytest.raises(InputError, match="end with a user message"):  # nothing to answer after an AI turn
+        llm.invoke([HumanMessage(ALLOWED), AIMessage("an answer")])
 
 
 def test_chat_model_stream_puts_the_verdict_first(llm: GuardedChatModel) -> None:

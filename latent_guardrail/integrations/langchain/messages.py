@@ -10,7 +10,10 @@ Conversion rules (each bad case is an :class:`~latent_guardrail.InputError`, nev
 - content parts: the text parts are joined (:func:`~latent_guardrail.messages.content_text`); images and other
   parts are ignored; a last user message with no text at all is an error (the guard reads text);
 - ``trailing="drop"`` judges the conversation up to its last user message (a guard checking an agent's state);
-  ``trailing="error"`` requires the conversation to end with a user message (a chat model answering it).
+  ``trailing="error"`` requires the conversation to end with a user message (a chat model answering it);
+- repeated roles (two system, user or AI messages in a row) go through the core's
+  :func:`~latent_guardrail.messages.fit_roles`: leading system messages merged, other repeats kept when the
+  host's template renders them (``render``, e.g. :func:`template_render`), merged otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
@@ -28,18 +31,34 @@ from langchain_core.prompt_values import PromptValue
 from ...errors import InputError
 from ...guard import LatentGuard
 from ...hosts import Host
-from ...messages import END_WITH_USER, content_text, guard_role
-from ...positions import Message, Prompt
+from ...messages import END_WITH_USER, content_text, fit_roles, guard_role
+from ...positions import Message, Prompt, render_with_generation_prompt, to_messages
 from ...verdict import Verdict
 
-__all__ = ["METADATA_KEY", "guard_for", "host_from_langchain", "to_prompt", "verdict_metadata", "verdict_of"]
+__all__ = ["METADATA_KEY", "guard_for", "host_from_langchain", "template_render", "to_prompt", "verdict_metadata",
+           "verdict_of"]
 
 METADATA_KEY = "latent_guard"
 """Key of the verdict in an ``AIMessage``'s ``response_metadata``."""
 
 
-def to_prompt(value: Any, *, trailing: Literal["drop", "error"] = "drop") -> Prompt:
+def template_render(guard: LatentGuard) -> Callable[[list[Message]], object]:
+    """Renders a conversation as ``guard`` will (its system prompt, its host's template); raises
+    :class:`~latent_guardrail.errors.TemplateError` when the template refuses it (for :func:`to_prompt`)."""
+    tokenizer, system_prompt = guard.host.tokenizer, guard.settings.system_prompt
+
+    def render(messages: list[Message]) -> object:
+        return render_with_generation_prompt(tokenizer, to_messages(messages, system_prompt))
+
+    return render
+
+
+def to_prompt(value: Any, *, trailing: Literal["drop", "error"] = "drop",
+              render: Callable[[list[Message]], object] | None = None) -> Prompt:
     """The guard's prompt for a LangChain input: a ``str`` or a list of ``{"role", "content"}`` messages.
+
+    ``render`` (e.g. :func:`template_render`) decides whether repeated user/AI messages are kept (the template
+    renders them) or merged; without it they are kept (leading system messages are always merged).
 
     Raises:
         InputError: empty list, no user turn, a user turn without text, an unsupported input type.
@@ -58,10 +77,11 @@ def to_prompt(value: Any, *, trailing: Literal["drop", "error"] = "drop") -> Pro
     else:
         raise InputError("the latent guard takes a str, a PromptValue or a list of messages, "
                          f"got {type(value).__name__}")
-    return _messages_to_prompt(messages, trailing)
+    return _messages_to_prompt(messages, trailing, render)
 
 
-def _messages_to_prompt(messages: Sequence[BaseMessage], trailing: str) -> list[Message]:
+def _messages_to_prompt(messages: Sequence[BaseMessage], trailing: str,
+                        render: Callable[[list[Message]], object] | None) -> list[Message]:
     if not messages:
         raise InputError("the message list is empty; give at least one user message")
     out: list[Message] = []
@@ -84,7 +104,12 @@ def _messages_to_prompt(messages: Sequence[BaseMessage], trailing: str) -> list[
     if not out[last]["content"].strip():
         raise InputError(f"message {out[last]['index']}: the last user message has no text (the guard reads text; "
                          "images and other content parts are ignored)")
-    return [{"role": message["role"], "content": message["content"]} for message in out[: last + 1]]
+    kept = [{"role": message["role"], "content": message["content"]} for message in out[: last + 1]]
+    return fit_roles(kept, render if render is not None else _keep)
+
+
+def _keep(_messages: list[Message]) -> object:
+    return None
 
 
 def _role(message: BaseMessage) -> str | None:
