@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import inspect
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,6 +147,9 @@ def test_settings_defaults_and_clear_errors() -> None:
         LatentGuardRailSettings.from_custom_data({"latent_guard": {"threshold": float("nan")}})
     with pytest.raises(NemoConfigError, match="must be a mapping"):
         LatentGuardRailSettings.from_custom_data({"latent_guard": "default"})
+    for bad in ({"batch_window_ms": -1.0}, {"max_batch": 0}):
+        with pytest.raises(NemoConfigError, match=next(iter(bad))):
+            LatentGuardRailSettings.from_custom_data({"latent_guard": bad})
 
 
 def _creation_error(yaml: str) -> NemoConfigError:
@@ -390,14 +394,45 @@ def test_rail_failures_come_from_the_guards_one_builder(guard: LatentGuard, capl
     assert [record.reason for record in caplog.records if hasattr(record, "reason")] == ["internal_error:InputError"]
 
     checked: list[Any] = []
-    acheck = rail.guard.acheck
+    check_batch = rail.guard.check_batch
 
-    async def counting_acheck(prompt: Any) -> Any:
-        checked.append(prompt)
-        return await acheck(prompt)
+    def counting_check_batch(prompts: Any, **kwargs: Any) -> Any:
+        checked.append(list(prompts))
+        return check_batch(prompts, **kwargs)
 
-    monkeypatch.setattr(rail.guard, "acheck", counting_acheck)  # the plain check is the guard's async check
-    assert asyncio.run(rail.check_input(BLOCKED)).is_blocked and checked == [BLOCKED]
+    monkeypatch.setattr(rail.guard, "check_batch", counting_check_batch)  # what the rail's batcher calls
+    assert asyncio.run(rail.check_input(BLOCKED)).is_blocked and checked == [[BLOCKED]]
+    rail.close()
+
+
+def test_concurrent_rail_checks_share_check_batch_calls(guard: LatentGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    rail = LatentGuardRail(guard, LatentGuardRailSettings(mode="check", batch_window_ms=0.0))
+    texts = [*HARMFUL[:4], *HARMLESS[:4]]
+    alone = [asyncio.run(rail.check_input(text)) for text in texts]
+    calls: list[list[Any]] = []
+    check_batch = rail.guard.check_batch
+    deadline = 30.0
+
+    def gated_check_batch(prompts: Any, **kwargs: Any) -> Any:
+        calls.append(list(prompts))
+        if len(calls) == 1:  # the first batch waits until every other request's check has queued
+            waited = 0.0
+            while rail.batcher.pending + len(calls[0]) < len(texts) and waited < deadline:
+                time.sleep(0.001)
+                waited += 0.001
+        return check_batch(prompts, **kwargs)
+
+    monkeypatch.setattr(rail.guard, "check_batch", gated_check_batch)
+
+    async def together() -> list[RailOutcome]:
+        return list(await asyncio.gather(*(rail.check_input(text) for text in texts)))
+
+    outcomes = asyncio.run(together())
+    assert len(calls) <= 2 and sorted(text for call in calls for text in call) == sorted(texts)  # 1 or 2 batches
+    for one, many in zip(alone, outcomes, strict=True):
+        assert one.is_blocked == many.is_blocked and one.metadata["category"] == many.metadata["category"]
+        assert abs(one.metadata["score"] - many.metadata["score"]) < 1e-5
+    rail.close()
 
 
 def test_rail_outcome_translation_and_non_string_input(guard: LatentGuard) -> None:

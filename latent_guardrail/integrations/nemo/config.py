@@ -11,9 +11,13 @@ reads its own section of ``custom_data`` and validates it here (``extra="forbid"
         mode: auto              # auto | check | shared (see below)
         on_error: block         # block | allow: what an internal failure of the guard does
         on_block: refuse        # refuse (the flow's canned refusal) | steer (the host refuses in its own words)
+        batch_window_ms: 2.0    # concurrent standalone checks share one check_batch (gathered for this long)
+        max_batch: 32           # most checks per check_batch (1 = no batching)
 
 ``mode``: ``check`` runs a standalone early-exit check; ``shared`` (``passthrough: true`` and the
 ``latent_guardrail`` main LLM on the same host) judges and answers in **one** prefill; ``auto`` shares when it can.
+Standalone checks go through a :class:`~latent_guardrail.microbatch.MicroBatcher`: the checks of concurrent
+requests (e.g. under ``nemoguardrails server``) are judged together in one ``check_batch``, verdicts unchanged.
 
 NeMo loads this file on its own when the rail folder is in ``import_paths`` and calls :func:`init` while
 ``LLMRails`` is being created, so every configuration error surfaces there, not at the first request. That is

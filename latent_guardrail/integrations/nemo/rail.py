@@ -8,8 +8,9 @@ With ``passthrough: true`` and a :class:`~latent_guardrail.integrations.nemo.pro
 on the guard's host (``mode: auto`` or ``shared``), the check is a guarded generation: the prefill that reads the
 verdict also answers an allowed prompt, and the answer waits in the model's :class:`PreparedAnswers` for the
 main-LLM call of the same request — one prefill per request. A blocked prompt stops its prefill at the last layer
-the guard reads. Torch work runs in worker threads, never on the event loop: a plain check in the guard's own
-worker (:meth:`~latent_guardrail.LatentGuard.acheck`), a guarded generation or a steered refusal in
+the guard reads. Torch work runs in worker threads, never on the event loop: a plain check in the rail's
+:class:`~latent_guardrail.microbatch.MicroBatcher` (the checks of concurrent requests share one ``check_batch``:
+``batch_window_ms``, ``max_batch``), a guarded generation or a steered refusal in
 :func:`~latent_guardrail.streaming.call_in_thread` (a cancelled request stops decoding). Every failure verdict
 comes from the guard (:meth:`~latent_guardrail.LatentGuard.failure_verdict`: logged with its reason code,
 ``on_error`` applied).
@@ -45,6 +46,7 @@ from latent_guardrail.integrations.nemo.provider import (
     prompt_from_nemo,
     register_provider,
 )
+from latent_guardrail.microbatch import MicroBatcher
 from latent_guardrail.positions import Prompt
 from latent_guardrail.steering import Direction
 from latent_guardrail.streaming import call_in_thread
@@ -103,6 +105,8 @@ class LatentGuardRail:
         self.guard = guard.with_settings(**changes)
         if self.settings.on_block == "steer":
             _check_steering(self.guard)
+        self.batcher = MicroBatcher(self.guard, window_ms=self.settings.batch_window_ms,
+                                    max_batch=self.settings.max_batch)
 
     async def check_input(self, text: Any, *, config: Any = None, llm: Any = None) -> RailOutcome:
         """Judge the user's message ``text`` (see the module docstring); never raises.
@@ -123,6 +127,11 @@ class LatentGuardRail:
         except Exception as exc:  # the failure policy decides; the guard logs the failure with its reason code
             logger.debug("latent guard rail failed", exc_info=True)
             return rail_outcome(self.guard.failure_verdict(exc))  # on_error is block or allow here: never raises
+
+    def close(self) -> None:
+        """Stop the batcher's worker thread after the checks already queued (idempotent; it also stops on its own
+        when idle, and a later check starts it again)."""
+        self.batcher.close()
 
     # ------------------------------------------------------------------ internals
     def _prompt(self, text: str, config: Any) -> Prompt:
@@ -154,7 +163,7 @@ class LatentGuardRail:
         return None
 
     async def _check(self, prompt: Prompt) -> RailOutcome:
-        verdict = await self.guard.acheck(prompt)
+        verdict = await self.batcher.acheck(prompt)
         refusal = None
         if verdict.harmful and verdict.status == "ok" and self.settings.on_block == "steer":
             refusal = await self._steered(prompt)
