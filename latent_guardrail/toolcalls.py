@@ -11,8 +11,9 @@ render become ``<tool_response>`` user turns (as Qwen2.5's own template renders 
 takes each part is learned by rendering a probe, not guessed from its name.
 
 **Forcing** (:func:`forced_prefix`): ``tool_choice`` is kept by writing the start of the call into the answer
-(after the generation prompt): ``<tool_call>\\n{"name": "`` for any tool, plus the name and ``", "arguments": ``
-for a named one; the host writes the rest. A JSON answer (structured output) is forced to start with ``{``.
+(after the generation prompt): ``<tool_call>\\n{"name": "`` for any tool, plus the name and ``", "arguments": {`` for
+a named one (the arguments are an object); the host writes the rest. A JSON answer (structured output) is
+forced to start with ``{``.
 
 **Parsing** (:func:`parse_tool_calls`), the formats of the common templates:
 
@@ -374,11 +375,11 @@ def forced_prefix(format: ToolFormat, tool: str | None) -> str:
     """The start of a forced tool call in ``format``: any tool (``tool=None``) or the one named ``tool``."""
     if format == MISTRAL:
         head = '[TOOL_CALLS] [{"name": "'
-        return head if tool is None else f'{head}{tool}", "arguments": '
+        return head if tool is None else f'{head}{tool}", "arguments": {{'
     if format == LLAMA3:
-        return '{"name": "' if tool is None else f'{{"name": "{tool}", "parameters": '
+        return '{"name": "' if tool is None else f'{{"name": "{tool}", "parameters": {{'
     head = f'{_HERMES_OPEN}\n{{"name": "'
-    return head if tool is None else f'{head}{tool}", "arguments": '
+    return head if tool is None else f'{head}{tool}", "arguments": {{'
 
 
 def render_tool_prompt(
