@@ -74,7 +74,9 @@ def make_scripted_host(script: Callable[[str], str], family: str = "chatml", *, 
     """A tiny host (as :func:`make_host`) whose answers are ``script(rendered prompt)``, token for token."""
     random = make_host(family, layers=layers, hidden=hidden, seed=seed)
     tokenizer = random.tokenizer
-    model = ScriptedLlama(random.model.config).eval()
+    config = random.model.config
+    config.max_position_embeddings = 2048  # tool definitions make long prompts with the tiny BPE (rotary: no weights)
+    model = ScriptedLlama(config).eval()
     model.load_state_dict(random.model.state_dict())
     model.script = script
     model.decode_text = lambda ids: str(tokenizer.decode(ids, skip_special_tokens=False))
