@@ -130,3 +130,42 @@ def test_middleware_zero_model_calls_on_block(default_guard: LatentGuard) -> Non
     assert verdict_of(state["messages"][-1]).harmful  # type: ignore[union-attr]
     state = agent.invoke({"messages": [HumanMessage(LOOK_ALIKE)]}, config={"callbacks": [calls]})
     assert calls.count == 1 and state["messages"][-1].content == "sure"
+
+
+def test_tools_plumbing_on_the_default_host(default_guard: LatentGuard, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tools through the default host: the plumbing is asserted, what the 135M host does is reported.
+
+    Measured (SmolLM2-135M-Instruct, greedy): unforced it answers in prose and calls no tool; forced
+    (``tool_choice``) the call's start is written for it and it completes the arguments itself — they need not fit
+    the schema (it echoed the schema's own keys, ``{"type": "integer", ...}``); arguments that are no JSON object
+    are an ``invalid_tool_calls`` entry, never a silent drop. An agent on it therefore
+    usually answers without calling a tool. The tool path passes end to end on a scripted tiny host
+    (tests/unit/test_langchain_tools.py).
+    """
+    from langchain_core.tools import tool
+
+    @tool
+    def magic_function(input: int) -> int:
+        """Apply a magic function to an input."""
+        return input + 2
+
+    llm = GuardedChatModel(default_guard, max_new_tokens=32)
+    question = "What is the value of magic_function(3)? Use the tool."
+    forced = llm.bind_tools([magic_function], tool_choice="magic_function").invoke(question)
+    verdict = verdict_of(forced)
+    assert verdict is not None and not verdict.harmful and verdict == default_guard.check(question)
+    attempts = [c["name"] for c in forced.tool_calls] + [c["name"] for c in forced.invalid_tool_calls]
+    assert attempts and set(attempts) == {"magic_function"}  # the forced start names the tool
+    free = llm.bind_tools([magic_function]).invoke(question)
+    assert isinstance(free, AIMessage) and verdict_of(free) == verdict
+    blocked = llm.bind_tools([magic_function], tool_choice="any").invoke(HARMFUL)
+    assert blocked.content == DEFAULT_REFUSAL and blocked.tool_calls == [] and blocked.invalid_tool_calls == []
+    agent = create_agent(llm, tools=[magic_function])
+    state = agent.invoke({"messages": [HumanMessage(question)]})
+    last = state["messages"][-1]
+    assert isinstance(last, AIMessage) and verdict_of(last) is not None
+    with capsys.disabled():
+        print(f"\n[default host, tools] forced: calls={forced.tool_calls} invalid={forced.invalid_tool_calls} "
+              f"text={forced.content!r}\n[default host, tools] unforced: calls={free.tool_calls} "
+              f"text={str(free.content)[:80]!r}\n[default host, tools] agent: "
+              f"{[type(m).__name__ for m in state['messages']]}")
