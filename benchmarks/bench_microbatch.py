@@ -11,7 +11,8 @@ is slower):
   guard, the NeMo rail's default window); the batcher judges the checks that arrive together in one
   ``check_batch``.
 
-Printed: checks/s of each, their ratio (target >= 1.5 at 16 clients), the mean batch size, and whether every
+Printed: checks/s of each, their ratio (target >= 1.5 at 16 clients; ``concurrent_vs_sequential`` compares the
+fastest round of each path, ``..._all_rounds`` the totals), the mean batch size, and whether every
 verdict equals its sequential one (decision, category, status; the largest score difference from batch padding).
 With ``--nemo`` the same comparison runs through a real NeMo ``LLMRails`` app with the latent rail in
 ``mode: check`` on prompts it blocks (pure check work; requests from concurrent asyncio tasks, as the server runs
@@ -91,7 +92,9 @@ def bench_guard(guard: LatentGuard, prompts: list[str], clients: int, rounds: in
         "checks_per_round": len(prompts), "rounds": rounds, "clients": clients,
         "sequential_round_s": [round(t, 2) for t in seq_times], "concurrent_round_s": [round(t, 2) for t in conc_times],
         "sequential_checks_per_s": round(n / seq_s, 2), "concurrent_checks_per_s": round(n / conc_s, 2),
-        "concurrent_vs_sequential": round(seq_s / conc_s, 2),
+        "concurrent_vs_sequential_all_rounds": round(seq_s / conc_s, 2),
+        # the headline: fastest round of each path (a stall from another job on the machine hits one round)
+        "concurrent_vs_sequential": round(min(seq_times) / min(conc_times), 2),
         "mean_batch": round(stats.checks / stats.batches, 1), "largest_batch": stats.largest,
         "verdict_mismatches": mismatches, "largest_score_difference": float(f"{drift:.2e}"),
     }
