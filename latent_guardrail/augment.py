@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 from .positions import Message, Prompt, PromptEncoding
 
-__all__ = ["CALIBRATION_FAMILIES", "FAMILIES", "HELD_OUT_FAMILIES", "CalibrationItem", "RequestSpan", "Wrapped",
+__all__ = ["CALIBRATION_FAMILIES", "EXTRA_EVERY", "EXTRA_FAMILIES", "FAMILIES", "HELD_OUT_FAMILIES", "CalibrationItem", "RequestSpan", "Wrapped",
            "Wrapper", "build_items", "end_labels", "families_for", "source_group", "wrap"]
 
 
@@ -178,19 +178,36 @@ def _signature(request: str, rng: random.Random) -> Wrapped:
                                             "\n\nP.S. have a nice day")), sep="")
 
 
+_CLOSINGS = ("thx", "ty in advance", "cheers mate", "- jo", "xx", "pls help", "asap", "lol", "Tom", "Regards, A.",
+             "many thanks Lena", "posted from the app", "love you", "k bye", "merci", "(typing on a tablet)")
+
+
+def _closing(request: str, rng: random.Random) -> Wrapped:
+    """A short unpunctuated closing on a line of its own: sign-offs, names, tags."""
+    return _spaced("", request, "\n" + rng.choice(_CLOSINGS), sep="")
+
+
 FAMILIES: Mapping[str, Wrapper] = MappingProxyType({
     "greeting": _greeting, "pleasantry": _pleasantry, "format_request": _format_request,
     "leading_question": _leading_question, "prior_turn": _prior_turn, "persona": _persona, "fake_turn": _fake_turn,
     "lowercase": _lowercase, "no_punct": _no_punct, "typos": _typos, "split_turns": _split_turns,
     "continue": _continue, "email": _email, "json_payload": _json_payload, "signature": _signature,
+    "closing": _closing,
 })
 """Every wrapper family, by name."""
 
 HELD_OUT_FAMILIES: tuple[str, ...] = ("email", "json_payload", "signature")
 """Wrapper families calibration never sees (evaluation only)."""
 
-CALIBRATION_FAMILIES: tuple[str, ...] = tuple(name for name in FAMILIES if name not in HELD_OUT_FAMILIES)
-"""Wrapper families used to build calibration sets."""
+EXTRA_FAMILIES: tuple[str, ...] = ("closing",)
+"""Wrapper families added to every :data:`EXTRA_EVERY`-th calibration row as a further wrapped copy, on top of
+the drawn ones (so adding one leaves the drawn families of every row as they were)."""
+
+EXTRA_EVERY = 3
+
+CALIBRATION_FAMILIES: tuple[str, ...] = tuple(name for name in FAMILIES
+                                              if name not in HELD_OUT_FAMILIES and name not in EXTRA_FAMILIES)
+"""Wrapper families drawn to build calibration sets."""
 
 
 def wrap(request: str, family: str, rng: random.Random) -> Wrapped:
@@ -236,11 +253,14 @@ class CalibrationItem:
 
 def source_group(source: str | None, harmful: bool) -> str:
     """The family of a bundled file: its name without ``.jsonl`` and a per-category suffix (``twins_weapons``
-    → ``twins``); the thirteen original per-category harmful files form one family, ``requests``."""
+    → ``twins``); the thirteen original per-category harmful files form one family, ``requests``; ``tasks``
+    (the same task frames on both sides) is one family for both classes."""
     stem = (source or "given").removesuffix(".jsonl")
     for prefix in ("lookalikes_", "twins_"):
         if stem.startswith(prefix):
             return f"src:{prefix[:-1]}"
+    if stem == "tasks":  # the same task frames on both sides: one family
+        return "src:tasks"
     if harmful and stem not in ("persuasion", "framed", "embedded", "casual"):
         return "src:requests"
     return f"src:{stem}" if not harmful or stem != "casual" else "src:casual_harmful"
@@ -261,7 +281,8 @@ def build_items(harmful: Sequence[tuple[Prompt, str | None, str | None]], harmle
         if not isinstance(text, str):  # a conversation is kept as given: wrappers take one request
             continue
         rng = random.Random(f"{seed}:wrap:{index}")
-        for family in families_for(index, seed, wrapped_per_item, families):
+        extra = list(EXTRA_FAMILIES) if wrapped_per_item and index % EXTRA_EVERY == 0 else []
+        for family in families_for(index, seed, wrapped_per_item, families) + extra:
             wrapped = wrap(text, family, rng)
             prompt = wrapped.prompt
             content = prompt if isinstance(prompt, str) else [m for m in prompt if m["role"] == "user"][

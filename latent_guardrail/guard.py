@@ -38,7 +38,7 @@ from .layers import decoder_blocks
 from .normalize import normalize_prompt
 from .policy import Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
-from .segments import sentence_groups
+from .segments import sentence_groups, typed_turns
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
 from .verdict import Verdict, VerdictSpan, decisive_span
 from .views import MAX_CLAUSE_ENDS, View
@@ -296,41 +296,64 @@ class LatentGuard:
                 encodings.append(self.encode(prompt))
             except InputError as exc:
                 raise InputError(f"prompt {index}: {exc}") from exc
-        if self.settings.segments:
-            return self._check_segmented(prompts, encodings, progress)
-        return self.check_encodings(encodings, progress=progress)
-
-    def _check_segmented(self, prompts: Sequence[Prompt], encodings: list[PromptEncoding],
-                         progress: bool) -> list[Verdict]:
-        """Segment mode: each prompt and every sentence group of its user messages, judged in one batch; each
-        prompt's verdict is its worst reading (highest score)."""
-        owners: list[tuple[int, int, int]] = []          # per segment: (prompt, message, start char)
-        extra: list[PromptEncoding] = []
-        for index, prompt in enumerate(prompts):
-            if self.settings.normalize:
-                prompt, _ = normalize_prompt(prompt, case_fold=self.settings.case_fold)
-            contents = [(0, prompt)] if isinstance(prompt, str) else [
-                (m, message["content"]) for m, message in enumerate(prompt) if message.get("role") == "user"]
-            for message, content in contents:
-                groups = sentence_groups(content, self.settings.segment_chars)
-                if len(groups) < 2:
-                    continue
-                for group in groups:
-                    try:
-                        extra.append(self.encode(content[group.start:group.end]))
-                    except InputError:
-                        continue
-                    owners.append((index, message, group.start))
+        readings = [self.readings(prompt) for prompt in prompts]
+        if not any(readings):
+            return self.check_encodings(encodings, progress=progress)
+        extra = [encoding for pieces in readings for _, _, encoding in pieces]
         verdicts = self.check_encodings([*encodings, *extra], progress=progress)
-        out = verdicts[:len(encodings)]
-        for (index, message, start), verdict in zip(owners, verdicts[len(encodings):], strict=True):
-            if verdict.status != "ok" or out[index].status != "ok" or verdict.score <= out[index].score:
+        out, at = [], len(encodings)
+        for verdict, pieces in zip(verdicts[:len(encodings)], readings, strict=True):
+            out.append(self.worst_reading(verdict, pieces, verdicts[at:at + len(pieces)]))
+            at += len(pieces)
+        return out
+
+    def readings(self, prompt: Prompt) -> list[tuple[int, int, PromptEncoding]]:
+        """The extra readings of ``prompt``, each judged as an instruction of its own: ``(message, start char,
+        encoding)`` per piece of a user message (indices into the messages as given; offsets into the
+        normalised content).
+
+        - **Typed turns** (``settings.typed_turns``, on by default): a user message that types a conversation
+          (chat-template markers, ``User:`` / ``Assistant:`` lines; :func:`~latent_guardrail.segments.typed_turns`)
+          has each typed user piece read alone, so a fake earlier turn cannot change how the request itself is
+          read. Costs nothing for messages without markers.
+        - **Segments** (``settings.segments``, opt-in): every sentence group of every user message
+          (:func:`~latent_guardrail.segments.sentence_groups`), for context that dilutes.
+
+        The verdict is the worst reading (:meth:`worst_reading`); the message as a whole is always read too.
+        """
+        if not (self.settings.typed_turns or self.settings.segments):
+            return []
+        if self.settings.normalize:
+            prompt, _ = normalize_prompt(prompt, case_fold=self.settings.case_fold)
+        contents = [(0, prompt)] if isinstance(prompt, str) else [
+            (m, message["content"]) for m, message in enumerate(prompt)
+            if isinstance(message, Mapping) and message.get("role") == "user"
+            and isinstance(message.get("content"), str)]
+        out: list[tuple[int, int, PromptEncoding]] = []
+        for message, content in contents:
+            pieces = typed_turns(content) if self.settings.typed_turns else []
+            if self.settings.segments:
+                groups = sentence_groups(content, self.settings.segment_chars)
+                pieces += groups if len(groups) > 1 else []
+            for piece in pieces:
+                try:
+                    out.append((message, piece.start, self.encode(content[piece.start:piece.end], normalize=False)))
+                except InputError:
+                    continue
+        return out
+
+    def worst_reading(self, verdict: Verdict, pieces: Sequence[tuple[int, int, PromptEncoding]],
+                      piece_verdicts: Sequence[Verdict]) -> Verdict:
+        """``verdict`` of the whole prompt, or the verdict of its highest-scoring extra reading when that one
+        scores higher (``segmented=True``, the span moved into the message's own offsets)."""
+        out = verdict
+        for (message, start, _), piece in zip(pieces, piece_verdicts, strict=True):
+            if piece.status != "ok" or out.status != "ok" or piece.score <= out.score:
                 continue
-            span = None if verdict.span is None else VerdictSpan(
-                message=message, start=start + verdict.span.start, end=start + verdict.span.end)
-            out[index] = verdict.model_copy(update={"segmented": True, "span": span,
-                                                    "normalized": out[index].normalized,
-                                                    "truncated": out[index].truncated})
+            span = None if piece.span is None else VerdictSpan(
+                message=message, start=start + piece.span.start, end=start + piece.span.end)
+            out = piece.model_copy(update={"segmented": True, "span": span, "normalized": verdict.normalized,
+                                           "truncated": verdict.truncated, "sanitized": verdict.sanitized})
         return out
 
     def check_encodings(self, encodings: Sequence[PromptEncoding], *, progress: bool = False) -> list[Verdict]:

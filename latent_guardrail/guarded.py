@@ -196,6 +196,12 @@ def guarded_stream(
             verdict = guard.check_encodings([judged])[0]
             if verdict.harmful:
                 logits = cache = None
+        pieces = guard.readings(prompt) if not verdict.harmful else []
+        if pieces:
+            # typed turns (and segments): each piece judged alone, one more batch only for such prompts
+            verdict = guard.worst_reading(verdict, pieces, guard.check_encodings([e for _, _, e in pieces]))
+            if verdict.harmful:
+                logits = cache = None
         yield verdict
         prompt_tokens = len(encoding.input_ids)
         if verdict.harmful:

@@ -47,6 +47,10 @@ class GuardSettings(BaseModel):
         default=True, description="Judge the user's text after NFKC, removal of zero-width/control characters and "
                                   "confusable folding (verdict.normalized says when it changed anything).")
     case_fold: bool = Field(default=False, description="Also case-fold the text before judging it.")
+    typed_turns: bool = Field(
+        default=True, description="A user message that types a conversation (chat-template markers, 'User:' / "
+                                  "'Assistant:' lines) also has each typed user piece judged alone; the verdict is "
+                                  "the worst reading (costs nothing for messages without markers).")
     segments: bool = Field(
         default=False, description="Segment mode: also judge every group of sentences of every user message as "
                                    "an instruction of its own (same batch); the verdict is the worst reading.")
