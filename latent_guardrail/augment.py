@@ -22,8 +22,9 @@ from types import MappingProxyType
 
 from .positions import Message, Prompt, PromptEncoding
 
-__all__ = ["CALIBRATION_FAMILIES", "EXTRA_EVERY", "EXTRA_FAMILIES", "FAMILIES", "HELD_OUT_FAMILIES", "CalibrationItem", "RequestSpan", "Wrapped",
-           "Wrapper", "build_items", "end_labels", "families_for", "source_group", "wrap"]
+__all__ = ["CALIBRATION_FAMILIES", "EXTRA_EVERY", "EXTRA_FAMILIES", "FAMILIES", "HELD_OUT_FAMILIES",
+           "CalibrationItem", "RequestSpan", "Wrapped", "Wrapper", "build_items", "end_labels", "families_for",
+           "source_group", "wrap"]
 
 
 @dataclass(frozen=True)
