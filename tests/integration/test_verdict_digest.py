@@ -1,7 +1,8 @@
 """Refactoring yardstick: the default guard's verdicts over the bundled sets and XSTest are bit-identical to the
 stored digest (``tests/fixtures/verdict_digest.json``, made by ``scripts/verdict_digest.py --write`` before a
 behaviour-preserving change; rewritten only when a change is meant to move verdicts — last when the default
-guard became the pooled one, issue 13; the issue-12 refactor was checked on the full sets: 2620d842…)."""
+guard became the pooled one, issue 13, and again when it was refitted with the task sets, the closing family
+and colon-before-line-break clause ends; the issue-12 refactor was checked on the full sets: 2620d842…)."""
 
 from __future__ import annotations
 
