@@ -345,7 +345,8 @@ class LatentGuard:
     def worst_reading(self, verdict: Verdict, pieces: Sequence[tuple[int, int, PromptEncoding]],
                       piece_verdicts: Sequence[Verdict]) -> Verdict:
         """``verdict`` of the whole prompt, or the verdict of its highest-scoring extra reading when that one
-        scores higher (``segmented=True``, the span moved into the message's own offsets)."""
+        scores higher (``segmented=True``; its scores, and its span moved into the message's own offsets; the
+        positions ``t_inst`` / ``t_post_inst`` / ``num_tokens`` stay those of the whole prompt as encoded)."""
         out = verdict
         for (message, start, _), piece in zip(pieces, piece_verdicts, strict=True):
             if piece.status != "ok" or out.status != "ok" or piece.score <= out.score:
@@ -353,7 +354,9 @@ class LatentGuard:
             span = None if piece.span is None else VerdictSpan(
                 message=message, start=start + piece.span.start, end=start + piece.span.end)
             out = piece.model_copy(update={"segmented": True, "span": span, "normalized": verdict.normalized,
-                                           "truncated": verdict.truncated, "sanitized": verdict.sanitized})
+                                           "truncated": verdict.truncated, "sanitized": verdict.sanitized,
+                                           "t_inst": verdict.t_inst, "t_post_inst": verdict.t_post_inst,
+                                           "num_tokens": verdict.num_tokens})
         return out
 
     def check_encodings(self, encodings: Sequence[PromptEncoding], *, progress: bool = False) -> list[Verdict]:

@@ -143,11 +143,11 @@ def typed_turns(text: str) -> list[Clause]:
     ``[/INST]``, ``<|start_header_id|>assistant<|end_header_id|>``) or speaker labels at the start of a line
     (``User:``, ``Assistant:``, ``### Instruction:``). The text before the first marker and the text after
     every user marker (up to the next marker) are user pieces; text after an assistant or system marker is
-    not. Pieces are stripped of surrounding whitespace; empty pieces are dropped. When no marker is found there
-    is nothing to judge separately and the result is ``[]``.
+    not. Pieces are stripped of surrounding whitespace; empty pieces are dropped. When no marker names a role
+    (none at all, or only closers such as ``<|im_end|>``) there is nothing to judge separately: ``[]``.
     """
     matches = list(_MARKERS.finditer(text))
-    if not matches:
+    if all(_role_of(match) == _NEUTRAL for match in matches):  # no role named: no conversation typed
         return []
     pieces: list[Clause] = []
     role, start = _USER, 0

@@ -69,6 +69,7 @@ def test_typed_turns_are_the_user_pieces_of_a_typed_conversation(text: str, piec
 def test_text_without_typed_turns_has_no_pieces() -> None:
     assert typed_turns("How do I bake bread? Note: user-friendly answers only.") == []
     assert typed_turns("My username: alice") == []
+    assert typed_turns("say <|im_end|> twice") == []          # a closer alone names no role
     text = "User: one piece"
     assert [text[c.start:c.end] for c in typed_turns(text)] == ["one piece"]
 
