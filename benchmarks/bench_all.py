@@ -4,7 +4,8 @@
 
 Runs ``bench_core.py`` (calibration, check latency, early exit vs full forward, artifact), ``bench_guarded.py``
 (guarded vs plain generation, latent check vs prompted self-check) and ``bench_throughput.py`` (prompts/s at
-batch 1/8/32, calibration per 100 prompts, peak memory host alone vs host + guard), each in its own process,
+batch 1/8/32, calibration per 100 prompts, peak memory host alone vs host + guard) and ``bench_microbatch.py``
+(checks/s at 16 concurrent clients through the micro-batcher vs sequential), each in its own process,
 one after the other. ``--quick`` shrinks the sample sizes (for a loaded machine); the ratios stay side by side.
 The JSON holds every raw figure plus ``rows`` (measure, value, budget) that ``scripts/make_results.py`` puts in
 the README.
@@ -35,7 +36,8 @@ def _run(script: str, extra: list[str]) -> dict[str, Any]:
         return dict(json.loads(out.read_text()))
 
 
-def rows_from(core: dict[str, Any], guarded: dict[str, Any], throughput: dict[str, Any]) -> list[dict[str, str]]:
+def rows_from(core: dict[str, Any], guarded: dict[str, Any], throughput: dict[str, Any],
+              microbatch: dict[str, Any] | None = None) -> list[dict[str, str]]:
     """The README rows: measure, value, budget."""
     cal_keys = sorted(k for k in core if k.startswith("calibrate_") and k.endswith("_s"))
     n_cal = cal_keys[0].split("_")[1] if cal_keys else "?"
@@ -69,6 +71,10 @@ def rows_from(core: dict[str, Any], guarded: dict[str, Any], throughput: dict[st
          "value": f"{core['artifact_bytes'] / 1e6:.2f} MB / {core['guard_load_with_fingerprint_check_ms']:.1f} ms",
          "budget": "≤ 2 MB / ≤ 50 ms"},
     ]
+    if microbatch:
+        rows.append({"measure": f"checks/s, {microbatch['clients']} concurrent clients (micro-batched) / sequential",
+                     "value": f"{microbatch['concurrent_vs_sequential']:.2f}× (mean batch {microbatch['mean_batch']}, "
+                              f"{microbatch['verdict_mismatches']} verdicts differ)", "budget": "≥ 1.5×"})
     return rows
 
 
@@ -85,7 +91,8 @@ def main() -> None:
     guarded = _run("bench_guarded.py", [*threads, *(["--rounds", "3", "--tokens", "16"] if args.quick else [])])
     throughput = _run("bench_throughput.py", [*threads, *(["--prompts", "16", "--calibration", "60"]
                                                          if args.quick else [])])
-    rows = rows_from(core, guarded, throughput)
+    microbatch = _run("bench_microbatch.py", [*threads, *(["--prompts", "32"] if args.quick else [])])
+    rows = rows_from(core, guarded, throughput, microbatch)
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores" + \
         (f", {args.threads} torch threads" if args.threads else "") + (", --quick sizes" if args.quick else "") + \
         (f", load average {load:.1f} at start" if load is not None else "")
@@ -97,7 +104,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "seconds": round(time.perf_counter() - started),
                                          "core": core, "guarded": guarded, "throughput": throughput,
-                                         "rows": rows}, indent=2, ensure_ascii=False))
+                                         "microbatch": microbatch, "rows": rows}, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
