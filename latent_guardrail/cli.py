@@ -180,6 +180,20 @@ def calibrate(
         )
 
 
+def _pairs(specs: list[str], option: str, kind: type) -> dict[str, Any]:
+    """``NAME=VALUE`` specs of a repeatable option as a dict (ValueError naming the option otherwise)."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"{option} takes NAME=VALUE, got {spec!r}")
+        try:
+            out[name.strip()] = kind(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"{option} {spec!r}: {exc}") from exc
+    return out
+
+
 @app.command()
 def check(
     text: Annotated[list[str], typer.Argument(help="Prompt text(s) to judge ('-' reads lines from stdin).")],
@@ -187,6 +201,10 @@ def check(
     model: Annotated[str, typer.Option(help="Host the guard was fitted on.")] = DEFAULT_MODEL,
     as_json: Annotated[bool, typer.Option("--json", help="Print verdicts as JSON lines.")] = False,
     threshold: Annotated[float | None, typer.Option(help="Override the fitted threshold.")] = None,
+    policy: Annotated[list[str] | None, typer.Option(
+        "--policy", help="NAME=block|allow|monitor for a risk category (repeatable).")] = None,
+    category_threshold: Annotated[list[str] | None, typer.Option(
+        "--category-threshold", help="NAME=SCORE: the category's own threshold (repeatable).")] = None,
 ) -> None:
     """Judge one or more prompts and print score, threshold, per-layer and per-category scores."""
     prompts = [line.strip() for line in sys.stdin if line.strip()] if text == ["-"] else text
@@ -198,6 +216,10 @@ def check(
         guard = LatentGuard.load(guard_dir, load_host(model), progress=not as_json)
         if threshold is not None:
             guard = guard.with_settings(threshold=threshold)
+        if policy or category_threshold:
+            guard = guard.with_settings(category_policy=_pairs(policy or [], "--policy", str),
+                                        category_thresholds=_pairs(category_threshold or [], "--category-threshold",
+                                                                   float))
         verdicts = guard.check_batch(prompts)
     except (LatentGuardError, ValueError) as exc:
         _fail(exc)

@@ -36,7 +36,7 @@ from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
 from .normalize import normalize_prompt
-from .policy import Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
+from .policy import CategoryPolicy, Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .segments import sentence_groups, typed_turns
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
@@ -80,6 +80,11 @@ class LatentGuard:
         if blocks != fitted.num_blocks:
             raise ArtifactError(f"the guard was fitted for {fitted.num_blocks} decoder blocks at "
                                 f"{fitted.layer_template!r}; the host has {blocks} there")
+        named = set(self.settings.category_policy) | set(self.settings.category_thresholds)
+        unknown = sorted(named - set(self.categories))
+        if unknown:
+            raise InputError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} in the category policy: "
+                             f"{', '.join(unknown)}; this guard has: {', '.join(self.categories) or 'none'}")
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
@@ -167,8 +172,11 @@ class LatentGuard:
 
     @property
     def policy(self) -> Policy:
-        """The decision rule applied to the scores (today the single fitted threshold)."""
-        return _THRESHOLD_POLICY
+        """The decision rule applied to the scores: the single threshold, or :class:`CategoryPolicy` when the
+        settings name category actions or thresholds (checked against the guard's categories on construction)."""
+        if not (self.settings.category_policy or self.settings.category_thresholds):
+            return _THRESHOLD_POLICY
+        return CategoryPolicy(dict(self.settings.category_policy), dict(self.settings.category_thresholds))
 
     @property
     def threshold(self) -> float:
@@ -261,10 +269,14 @@ class LatentGuard:
             score = float(out.score[row])
             cat_scores = {name: float(out.category_scores[row, c]) for c, name in enumerate(self.categories)}
             decision = self.policy.decide(Scores(score, threshold, cat_scores))
+            if decision.monitored:
+                logger.info("latent guard: monitored categories applied: %s (%s)", ", ".join(decision.monitored),
+                            decision.decided_by, extra={"monitored": decision.monitored})
             slot = None if out.slot is None else int(out.slot[row])
             verdicts.append(Verdict(
                 harmful=decision.harmful, score=score, threshold=threshold, mode=self.mode,
                 category=decision.category, category_scores=cat_scores, decided_by=decision.decided_by,
+                monitored=decision.monitored,
                 layer_scores={layer: float(out.layer_scores[row, i]) for i, layer in enumerate(self.layers)},
                 layers=self.layers, views=self.views, t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst,
                 num_tokens=len(encoding.input_ids), truncated=encoding.truncated, sanitized=encoding.sanitized,

@@ -3,7 +3,8 @@
 A :class:`Policy` turns :class:`Scores` into a :class:`Decision` — harmful or not, which rule decided, and the
 category to report. The default :class:`ThresholdPolicy` is the guard's single fitted threshold: harmful iff
 ``score >= threshold``; the reported category is the highest-scoring one, only when harmful. A verdict's
-``harmful`` is its decision (``verdict.decided_by`` names the rule).
+``harmful`` is its decision (``verdict.decided_by`` names the rule). :class:`CategoryPolicy` adds what an
+operator says per risk category (block, allow, monitor, and thresholds of their own).
 
 :func:`failure_verdict` is the only place a failure becomes a verdict (the ``on_error`` policy: block,
 allow, or raise), so every caller — checks, guarded generation, the adapters — logs and decides alike.
@@ -22,7 +23,8 @@ from .positions import PromptEncoding
 from .settings import OnError
 from .verdict import Verdict
 
-__all__ = ["Decision", "Policy", "Scores", "ThresholdPolicy", "failure_reason", "failure_verdict", "overflow_verdict"]
+__all__ = ["CategoryPolicy", "Decision", "Policy", "Scores", "ThresholdPolicy", "failure_reason", "failure_verdict",
+           "overflow_verdict"]
 
 logger = logging.getLogger("latent_guardrail.guard")
 
@@ -49,6 +51,7 @@ class Decision:
     harmful: bool
     decided_by: str
     category: str | None = None
+    monitored: tuple[str, ...] = ()
 
 
 class Policy(Protocol):
@@ -68,6 +71,47 @@ class ThresholdPolicy:
         cats = scores.category_scores
         category = max(cats, key=lambda k: cats[k]) if harmful and cats else None
         return Decision(harmful=harmful, decided_by=self.rule, category=category)
+
+
+@dataclass(frozen=True)
+class CategoryPolicy:
+    """Per-category decisions on top of the overall threshold.
+
+    A category *applies* when its score reaches its threshold (``thresholds[name]``, else the overall one).
+    Categories not named in ``actions`` block.
+
+    - Overall score ≥ threshold: when no category applies, the prompt is harmful (``decided_by="threshold"``,
+      the top category reported, as :class:`ThresholdPolicy`); when a blocking category applies, harmful
+      (``"category:<name>"``, the top blocking one); when only allowed or monitored categories apply, **not**
+      harmful (``"category_allow:<name>"`` / ``"category_monitor:<name>"``, the top one) — allowing a category
+      lets through what the overall score flags *because of* that category.
+    - Overall score < threshold: harmful only when a blocking category **with a threshold of its own** applies
+      (``"category_threshold:<name>"``); else not harmful (``"threshold"``).
+    - Monitored categories that apply are always reported (``Decision.monitored``), whatever decided.
+
+    With no actions and no thresholds the decisions are those of :class:`ThresholdPolicy`.
+    """
+
+    actions: Mapping[str, str] = field(default_factory=dict)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    def decide(self, scores: Scores) -> Decision:
+        cats = scores.category_scores
+        applies = sorted((name for name, value in cats.items()
+                          if value >= self.thresholds.get(name, scores.threshold)), key=lambda k: -cats[k])
+        monitored = tuple(name for name in applies if self.actions.get(name) == "monitor")
+        blocking = [name for name in applies if self.actions.get(name, "block") == "block"]
+        if scores.score >= scores.threshold:
+            if not applies:
+                top = max(cats, key=lambda k: cats[k]) if cats else None
+                return Decision(True, "threshold", top, monitored)
+            if blocking:
+                return Decision(True, f"category:{blocking[0]}", blocking[0], monitored)
+            return Decision(False, f"category_{self.actions[applies[0]]}:{applies[0]}", applies[0], monitored)
+        own = [name for name in blocking if name in self.thresholds]
+        if own:
+            return Decision(True, f"category_threshold:{own[0]}", own[0], monitored)
+        return Decision(False, "threshold", None, monitored)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["GuardSettings", "CalibrationSettings", "SAFETY_SYSTEM_PROMPT", "OnError", "OnOverflow", "Mode", "Selection"]
 
@@ -19,6 +20,10 @@ SAFETY_SYSTEM_PROMPT = (
 )
 
 
+CategoryAction = Literal["block", "allow", "monitor"]
+"""What a category policy does with a category that applies."""
+
+
 class GuardSettings(BaseModel):
     """How a fitted guard checks prompts. Stored in the artifact; overridable at load time."""
 
@@ -27,6 +32,14 @@ class GuardSettings(BaseModel):
     system_prompt: str | None = Field(
         default=None, description="System prompt rendered before the user's messages (part of the fingerprint).")
     threshold: float | None = Field(default=None, description="Override of the fitted threshold (None = fitted).")
+    category_policy: dict[str, CategoryAction] = Field(
+        default_factory=dict,
+        description="Per risk category: 'block' (the default for every category), 'allow' or 'monitor' (never "
+                    "blocks; reported in verdict.monitored and logged). See policy.CategoryPolicy for the rule.")
+    category_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per risk category: the category score at which it applies (default: the guard's threshold). "
+                    "A blocking category with its own threshold blocks even when the overall score is below.")
     max_tokens: int | None = Field(default=None, ge=16, le=1_000_000,
                                    description="Longest prompt in tokens; longer instructions are cut from the left "
                                                "(None = the model's context length).")
@@ -60,6 +73,14 @@ class GuardSettings(BaseModel):
         default=True, description="on_block='steer': answer the canned refusal when the steered answer does not "
                                   "read as a refusal (phrase judge), so a blocked prompt never gets another answer.")
 
+
+    @field_validator("category_thresholds")
+    @classmethod
+    def _finite_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(name for name, x in value.items() if not math.isfinite(x))
+        if bad:
+            raise ValueError(f"category thresholds must be finite numbers: {', '.join(bad)}")
+        return value
 
 class CalibrationSettings(BaseModel):
     """How a guard is fitted from labelled prompts."""

@@ -71,8 +71,11 @@ class Verdict(BaseModel):
                                                                "highest-scoring clause end; others: the t_inst one).")
     fingerprint: str = Field(default="", description="Fingerprint of host model, tokenizer, template, system prompt.")
     decided_by: str = Field(default="threshold",
-                            description="The rule that decided: 'threshold' (score >= threshold) or 'failure' "
-                                        "(the default when status is 'error').")
+                            description="The rule that decided: 'threshold' (score >= threshold), 'failure' "
+                                        "(the default when status is 'error'), or a category rule "
+                                        "('category:NAME', 'category_threshold:NAME', 'category_allow:NAME', "
+                                        "'category_monitor:NAME'; see policy.CategoryPolicy).")
+    monitored: tuple[str, ...] = Field(default=(), description="Monitored categories that applied (never block).")
     status: VerdictStatus = Field(default="ok", description="'ok', or 'error' when the failure policy decided.")
     error: str | None = Field(default=None, description="Reason code of the failure when status == 'error'.")
 

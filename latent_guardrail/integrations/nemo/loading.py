@@ -55,6 +55,11 @@ class LatentGuardRailSettings(BaseModel):
         description="Host model of an artifact folder: HF id, local folder or .gguf file (null = the default host).")
     threshold: float | None = Field(
         default=None, allow_inf_nan=False, description="Override of the fitted threshold (null = fitted).")
+    category_policy: dict[str, Literal["block", "allow", "monitor"]] = Field(
+        default_factory=dict,
+        description="Per risk category: block (default), allow or monitor (GuardSettings.category_policy).")
+    category_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per risk category: its own threshold (GuardSettings.category_thresholds).")
     mode: Literal["auto", "check", "shared"] = Field(
         default="auto",
         description="check: a standalone early-exit check; shared: with passthrough and the latent_guardrail main "

@@ -102,7 +102,13 @@ class LatentGuardRail:
         changes: dict[str, Any] = {"on_error": self.settings.on_error}
         if self.settings.threshold is not None:
             changes["threshold"] = self.settings.threshold
-        self.guard = guard.with_settings(**changes)
+        if self.settings.category_policy or self.settings.category_thresholds:
+            changes["category_policy"] = dict(self.settings.category_policy)
+            changes["category_thresholds"] = dict(self.settings.category_thresholds)
+        try:
+            self.guard = guard.with_settings(**changes)
+        except (InputError, ValueError) as exc:
+            raise NemoConfigError(f"custom_data.latent_guard: {exc}") from exc
         if self.settings.on_block == "steer":
             _check_steering(self.guard)
         self.batcher = MicroBatcher(self.guard, window_ms=self.settings.batch_window_ms,
