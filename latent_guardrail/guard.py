@@ -214,11 +214,19 @@ class LatentGuard:
         (:func:`latent_guardrail.normalize.normalize_text`, case-folded when ``case_fold``, default
         ``settings.case_fold``); ``encoding.normalized`` says whether that changed it.
         """
-        changed = False
-        fold = self.settings.case_fold if case_fold is None else case_fold
-        if self.settings.normalize if normalize is None else normalize:
-            prompt, changed = normalize_prompt(prompt, case_fold=fold)
-        encoding = self._encode_limited(prompt)
+        judged, changed = self._judged(prompt, normalize, case_fold)
+        return self._encode_judged(judged, changed)
+
+    def _judged(self, prompt: Prompt, normalize: bool | None = None, case_fold: bool | None = None
+                ) -> tuple[Prompt, bool]:
+        """The prompt as judged (normalised when ``normalize``, default ``settings.normalize``) and whether
+        normalising changed it."""
+        if not (self.settings.normalize if normalize is None else normalize):
+            return prompt, False
+        return normalize_prompt(prompt, case_fold=self.settings.case_fold if case_fold is None else case_fold)
+
+    def _encode_judged(self, judged: Prompt, changed: bool) -> PromptEncoding:
+        encoding = self._encode_limited(judged)
         return encoding.model_copy(update={"normalized": True}) if changed else encoding
 
     def _encode_limited(self, prompt: Prompt) -> PromptEncoding:
@@ -302,13 +310,15 @@ class LatentGuard:
         if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
             raise InputError(f"check_batch takes a list of prompts, got {type(prompts).__name__}; "
                              "for one prompt use check()")
-        encodings = []
+        encodings, judged = [], []
         for index, prompt in enumerate(prompts):
             try:
-                encodings.append(self.encode(prompt))
+                text, changed = self._judged(prompt)     # normalised once, for the encoding and the readings
+                encodings.append(self._encode_judged(text, changed))
             except InputError as exc:
                 raise InputError(f"prompt {index}: {exc}") from exc
-        readings = [self.readings(prompt) for prompt in prompts]
+            judged.append(text)
+        readings = [self.readings(text, normalized=True) for text in judged]
         if not any(readings):
             return self.check_encodings(encodings, progress=progress)
         extra = [encoding for pieces in readings for _, _, encoding in pieces]
@@ -319,7 +329,7 @@ class LatentGuard:
             at += len(pieces)
         return out
 
-    def readings(self, prompt: Prompt) -> list[tuple[int, int, PromptEncoding]]:
+    def readings(self, prompt: Prompt, *, normalized: bool = False) -> list[tuple[int, int, PromptEncoding]]:
         """The extra readings of ``prompt``, each judged as an instruction of its own: ``(message, start char,
         encoding)`` per piece of a user message (indices into the messages as given; offsets into the
         normalised content).
@@ -332,11 +342,12 @@ class LatentGuard:
           (:func:`~latent_guardrail.segments.sentence_groups`), for context that dilutes.
 
         The verdict is the worst reading (:meth:`worst_reading`); the message as a whole is always read too.
+        ``normalized``: ``prompt`` is already the judged (normalised) text.
         """
         if not (self.settings.typed_turns or self.settings.segments):
             return []
-        if self.settings.normalize:
-            prompt, _ = normalize_prompt(prompt, case_fold=self.settings.case_fold)
+        if not normalized:
+            prompt, _ = self._judged(prompt)
         contents = [(0, prompt)] if isinstance(prompt, str) else [
             (m, message["content"]) for m, message in enumerate(prompt)
             if isinstance(message, Mapping) and message.get("role") == "user"

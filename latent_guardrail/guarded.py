@@ -194,25 +194,15 @@ def guarded_stream(
             # the host answers the text as typed; the guard also judges the normalised text (one more pass,
             # only when normalising changed something), and either one blocking blocks
             verdict = guard.check_encodings([judged])[0]
-            if verdict.harmful:
-                logits = cache = None
         pieces = guard.readings(prompt) if not verdict.harmful else []
         if pieces:
             # typed turns (and segments): each piece judged alone, one more batch only for such prompts
             verdict = guard.worst_reading(verdict, pieces, guard.check_encodings([e for _, _, e in pieces]))
-            if verdict.harmful:
-                logits = cache = None
-        yield verdict
-        prompt_tokens = len(encoding.input_ids)
         if verdict.harmful:
-            if on_block == "raise":
-                raise LatentGuardBlocked(verdict)
-            if on_block == "steer":
-                yield from _steered(guard, verdict, encoding.input_ids, options, cancel=cancel, refusal=refusal)
-                return
-            yield GuardedChunk(text=refusal, token_ids=())
-            yield GuardedResult(verdict=verdict, text=refusal, tokens=(), usage=Usage(prompt_tokens, 0),
-                                blocked=True, finish_reason="blocked")
+            logits = cache = None  # the prefill's cache is not answered from: release it before any steered pass
+        yield verdict
+        if verdict.harmful:
+            yield from _blocked(guard, verdict, encoding.input_ids, options, on_block, refusal, cancel)
             return
         if logits is None:  # the pass failed and the failure policy allowed: nothing to continue from
             raise LatentGuardError(f"the prefill failed ({verdict.error}); the failure policy allowed the prompt, "
@@ -259,14 +249,7 @@ def judged_stream(
         verdict = next((v for v in verdicts if v.harmful), verdicts[0])
         yield verdict
         if verdict.harmful:
-            if on_block == "raise":
-                raise LatentGuardBlocked(verdict)
-            if on_block == "steer":
-                yield from _steered(guard, verdict, ids, options, cancel=cancel, refusal=refusal)
-                return
-            yield GuardedChunk(text=refusal, token_ids=())
-            yield GuardedResult(verdict=verdict, text=refusal, tokens=(), usage=Usage(len(ids), 0),
-                                blocked=True, finish_reason="blocked")
+            yield from _blocked(guard, verdict, ids, options, on_block, refusal, cancel)
             return
         logits, cache = prefill(guard.host.model, ids)
         yield from _decode(guard, verdict, ids, logits, cache, options, cancel=cancel)
@@ -294,6 +277,20 @@ def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int =
 
 
 # ------------------------------------------------------------------------------------------------ internals
+
+def _blocked(guard: LatentGuard, verdict: Verdict, input_ids: Sequence[int], options: CallOptions,
+             on_block: OnBlock, refusal: str, cancel: threading.Event | None) -> Generator[GuardedEvent, None, None]:
+    """What a blocked prompt gets (the host's lock held): raise, a steered refusal on ``input_ids`` ``(seq,)``,
+    or the canned ``refusal`` as one chunk and a ``blocked`` result."""
+    if on_block == "raise":
+        raise LatentGuardBlocked(verdict)
+    if on_block == "steer":
+        yield from _steered(guard, verdict, input_ids, options, cancel=cancel, refusal=refusal)
+        return
+    yield GuardedChunk(text=refusal, token_ids=())
+    yield GuardedResult(verdict=verdict, text=refusal, tokens=(), usage=Usage(len(input_ids), 0),
+                        blocked=True, finish_reason="blocked")
+
 
 def _steering_for(guard: LatentGuard) -> tuple[Direction, int, float]:
     """The refusal direction, the resolved steer layer and the coefficient of ``guard.settings``."""

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +41,16 @@ from .guard import LatentGuard
 from .positions import Prompt
 from .verdict import Verdict
 
-__all__ = ["MicroBatchSettings", "MicroBatchStats", "MicroBatcher"]
+__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_WINDOW_MS", "MaxBatch", "MicroBatchSettings", "MicroBatchStats",
+           "MicroBatcher", "WindowMs"]
+
+
+WindowMs = Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
+"""A batch window in milliseconds (the bounds every setting of it shares)."""
+MaxBatch = Annotated[int, Field(ge=1, le=4096)]
+"""The most checks per batch."""
+DEFAULT_WINDOW_MS = 2.0
+DEFAULT_MAX_BATCH = 32
 
 
 class MicroBatchSettings(BaseModel):
@@ -48,12 +58,12 @@ class MicroBatchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    window_ms: float = Field(
-        default=2.0, ge=0.0, le=1000.0, allow_inf_nan=False,
+    window_ms: WindowMs = Field(
+        default=DEFAULT_WINDOW_MS,
         description="How long a batch waits, from its first check, for more checks (0 = batch only the checks "
                     "that queued while the host was busy).")
-    max_batch: int = Field(default=32, ge=1, le=4096,
-                           description="Most checks per check_batch call (1 = no batching).")
+    max_batch: MaxBatch = Field(default=DEFAULT_MAX_BATCH, description="Most checks per check_batch call (1 = no "
+                                                                       "batching).")
     idle_s: float = Field(default=10.0, gt=0.0, le=3600.0, allow_inf_nan=False,
                           description="The worker thread stops after this many seconds without checks.")
 

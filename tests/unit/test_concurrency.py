@@ -22,6 +22,7 @@ from latent_guardrail.integrations.langchain import GuardedChatModel, LatentGuar
 from latent_guardrail.verdict import Verdict
 from tests.support.hooks import hook_ids
 from tests.support.models import HARMFUL, HARMLESS
+from tests.support.verdicts import same_verdict
 
 PROMPTS: list[Any] = [
     *HARMFUL[:4], *HARMLESS[:4],
@@ -43,13 +44,6 @@ def guard(tiny_host: Host) -> LatentGuard:
 def expected(guard: LatentGuard) -> list[Verdict]:
     """The sequential verdicts, one prompt at a time."""
     return [guard.check(prompt) for prompt in PROMPTS]
-
-
-def same(a: Verdict, b: Verdict) -> bool:
-    """Same verdict up to batch-padding noise (a batch pads prompts; alone they are not padded)."""
-    return (a.status == b.status == "ok" and a.harmful == b.harmful and abs(a.score - b.score) < 1e-5
-            and (a.t_inst, a.num_tokens, a.truncated, a.sanitized) == (b.t_inst, b.num_tokens, b.truncated,
-                                                                      b.sanitized))
 
 
 def run_threads(work: list[Any]) -> list[BaseException]:
@@ -91,7 +85,7 @@ def test_threads_mixing_check_and_check_batch(guard: LatentGuard, expected: list
 
     assert run_threads([lambda t=t: work(t) for t in range(THREADS)]) == []
     run = [pair for pairs in results.values() for pair in pairs]
-    mismatches = [(i, v.score, expected[i].score) for i, v in run if not same(v, expected[i])]
+    mismatches = [(i, v.score, expected[i].score) for i, v in run if not same_verdict(v, expected[i])]
     assert len(run) > THREADS * ROUNDS * 5 and mismatches == []
     assert hook_ids(guard.host.model) == hooks
 
@@ -108,10 +102,10 @@ def test_asyncio_tasks_ainvoke_and_concurrent_abatch(guard: LatentGuard, expecte
         return await single, await batches, await threads
 
     single, batches, threaded = asyncio.run(main())
-    assert all(same(v, expected[i % len(PROMPTS)]) for i, v in enumerate(single))
+    assert all(same_verdict(v, expected[i % len(PROMPTS)]) for i, v in enumerate(single))
     for k, batch in enumerate(batches):
-        assert all(same(v, expected[(i + k) % len(PROMPTS)]) for i, v in enumerate(batch))
-    assert all(same(v, e) for v, e in zip(threaded, expected, strict=True))
+        assert all(same_verdict(v, expected[(i + k) % len(PROMPTS)]) for i, v in enumerate(batch))
+    assert all(same_verdict(v, e) for v, e in zip(threaded, expected, strict=True))
     assert hook_ids(guard.host.model) == hooks
 
 
@@ -134,7 +128,7 @@ def test_guarded_chat_model_and_checks_at_the_same_time(guard: LatentGuard, expe
         assert message.content == reference.content
         a, b = verdict_of(message), verdict_of(reference)
         assert a is not None and b is not None and a.score == pytest.approx(b.score, abs=1e-9)
-    assert all(same(v, e) for v, e in zip(checks, expected, strict=True))
+    assert all(same_verdict(v, e) for v, e in zip(checks, expected, strict=True))
 
 
 def test_foreign_generation_without_the_lock_is_safe(guard: LatentGuard, expected: list[Verdict],
@@ -165,7 +159,7 @@ def test_foreign_generation_without_the_lock_is_safe(guard: LatentGuard, expecte
 
     assert run_threads([lambda: generator(0), lambda: generator(1), lambda: checker(0), lambda: checker(5)]) == []
     assert len(generations) == 8 and all(tokens == reference[k] for k, tokens in generations)
-    assert len(verdicts) == 2 * len(PROMPTS) and all(same(v, expected[i]) for i, v in verdicts)
+    assert len(verdicts) == 2 * len(PROMPTS) and all(same_verdict(v, expected[i]) for i, v in verdicts)
     assert hook_ids(model) == hooks
 
 

@@ -22,6 +22,7 @@ from latent_guardrail.hosts import Host
 from latent_guardrail.microbatch import MicroBatcher
 from latent_guardrail.verdict import Verdict
 from tests.support.models import HARMFUL, HARMLESS
+from tests.support.verdicts import same_verdict
 
 PROMPTS: list[Any] = [
     *HARMFUL[:6], *HARMLESS[:6],
@@ -43,14 +44,6 @@ def guard(tiny_host: Host) -> LatentGuard:
 def single(guard: LatentGuard) -> list[Verdict]:
     """Each prompt's verdict from a check of its own."""
     return [guard.check(prompt) for prompt in PROMPTS]
-
-
-def same(a: Verdict, b: Verdict) -> bool:
-    """The same verdict up to batch-padding noise in the score (never a different decision)."""
-    return (a.status == b.status == "ok" and a.harmful == b.harmful and a.category == b.category
-            and abs(a.score - b.score) < 1e-5
-            and (a.t_inst, a.num_tokens, a.truncated, a.sanitized, a.layers) ==
-            (b.t_inst, b.num_tokens, b.truncated, b.sanitized, b.layers))
 
 
 class Spy:
@@ -92,7 +85,7 @@ def test_queued_checks_are_served_by_two_check_batch_calls(guard: LatentGuard, s
     verdicts = [future.result(timeout=WAIT_S) for future in futures]
     assert [len(call) for call in spy.calls] == [1, len(PROMPTS) - 1]
     assert spy.calls[1] == PROMPTS[1:]       # in arrival order
-    assert all(same(v, s) for v, s in zip(verdicts, single, strict=True))
+    assert all(same_verdict(v, s) for v, s in zip(verdicts, single, strict=True))
     stats = batcher.stats
     assert (stats.checks, stats.batches, stats.largest) == (len(PROMPTS), 2, len(PROMPTS) - 1)
 
@@ -120,7 +113,7 @@ def test_threads_get_their_own_verdicts_in_fewer_batches(guard: LatentGuard, sin
     assert not any(worker.is_alive() for worker in workers)
     served = [pair for pairs in results.values() for pair in pairs]
     assert len(served) == threads * rounds
-    assert [index for index, verdict in served if not same(verdict, single[index])] == []
+    assert [index for index, verdict in served if not same_verdict(verdict, single[index])] == []
     assert sum(len(call) for call in spy.calls) == threads * rounds
     assert len(spy.calls) < threads * rounds and len(spy.calls[1]) >= threads - len(spy.calls[0])  # the rest, together
 
@@ -133,7 +126,7 @@ def test_asyncio_tasks_share_batches(guard: LatentGuard, single: list[Verdict], 
         return list(await asyncio.gather(*(batcher.acheck(prompt) for prompt in PROMPTS)))
 
     verdicts = asyncio.run(main())
-    assert all(same(v, s) for v, s in zip(verdicts, single, strict=True))
+    assert all(same_verdict(v, s) for v, s in zip(verdicts, single, strict=True))
     assert len(spy.calls) <= 2 and sum(len(call) for call in spy.calls) == len(PROMPTS)
 
 
@@ -145,7 +138,7 @@ def test_max_batch_bounds_every_call(guard: LatentGuard, single: list[Verdict], 
         assert spy.entered.wait(WAIT_S)
         rest = [batcher.submit(prompt) for prompt in PROMPTS[1:]]
         verdicts = [future.result(WAIT_S) for future in [first, *rest]]
-    assert all(same(v, s) for v, s in zip(verdicts, single, strict=True))
+    assert all(same_verdict(v, s) for v, s in zip(verdicts, single, strict=True))
     assert [len(call) for call in spy.calls] == [1, 4, 4, 4, 3]
 
 
@@ -155,7 +148,7 @@ def test_a_window_gathers_checks_that_arrive_one_by_one(guard: LatentGuard, sing
     with MicroBatcher(guard, window_ms=1000.0, max_batch=3) as batcher:  # full at 3: the window is not waited
         verdicts = batcher.check_many(PROMPTS[:3])
     assert spy.calls == [PROMPTS[:3]]
-    assert all(same(v, s) for v, s in zip(verdicts, single[:3], strict=True))
+    assert all(same_verdict(v, s) for v, s in zip(verdicts, single[:3], strict=True))
 
 
 def test_an_invalid_prompt_fails_alone(guard: LatentGuard, single: list[Verdict], batcher: MicroBatcher,
@@ -165,7 +158,7 @@ def test_an_invalid_prompt_fails_alone(guard: LatentGuard, single: list[Verdict]
     mixed: list[Any] = [PROMPTS[0], [], PROMPTS[1], 42]
     spy = Spy(guard, monkeypatch, ready=lambda first: batcher.pending + first == len(mixed))
     futures = [batcher.submit(prompt) for prompt in mixed]
-    assert same(futures[0].result(WAIT_S), single[0]) and same(futures[2].result(WAIT_S), single[1])
+    assert same_verdict(futures[0].result(WAIT_S), single[0]) and same_verdict(futures[2].result(WAIT_S), single[1])
     with pytest.raises(InputError) as batched:
         futures[1].result(WAIT_S)
     assert str(batched.value) == str(alone.value)
@@ -191,8 +184,8 @@ def test_model_failures_follow_on_error_and_are_not_kept(guard: LatentGuard, sin
             with pytest.raises(RuntimeError, match="simulated device failure"):
                 future.result(WAIT_S)
         assert all(v.status == "error" and v.harmful for v in blocked)
-        assert all(same(v, s) for v, s in zip(raising.check_many(PROMPTS[:3]), single[:3], strict=True))
-        assert all(same(v, s) for v, s in zip(blocking.check_many(PROMPTS[:3]), single[:3], strict=True))
+        assert all(same_verdict(v, s) for v, s in zip(raising.check_many(PROMPTS[:3]), single[:3], strict=True))
+        assert all(same_verdict(v, s) for v, s in zip(blocking.check_many(PROMPTS[:3]), single[:3], strict=True))
 
 
 def test_a_cancelled_check_is_skipped(guard: LatentGuard, batcher: MicroBatcher,
@@ -218,20 +211,20 @@ def test_close_serves_what_is_queued_and_stops_the_worker(guard: LatentGuard, si
     assert worker is not None
     batcher.close()
     assert all(future.done() for future in futures) and not worker.thread.is_alive()
-    assert all(same(f.result(), s) for f, s in zip(futures, single[:5], strict=True))
+    assert all(same_verdict(f.result(), s) for f, s in zip(futures, single[:5], strict=True))
     batcher.close()  # idempotent
-    assert same(batcher.check(PROMPTS[5]), single[5])  # a later check starts a new worker
+    assert same_verdict(batcher.check(PROMPTS[5]), single[5])  # a later check starts a new worker
     batcher.close()
 
 
 def test_an_idle_worker_ends_on_its_own(guard: LatentGuard, single: list[Verdict]) -> None:
     batcher = MicroBatcher(guard, idle_s=0.05)
-    assert same(batcher.check(PROMPTS[0]), single[0])
+    assert same_verdict(batcher.check(PROMPTS[0]), single[0])
     worker = batcher._worker
     assert worker is not None
     worker.thread.join(timeout=WAIT_S)
     assert not worker.thread.is_alive() and batcher._worker is None
-    assert same(batcher.check(PROMPTS[1]), single[1])
+    assert same_verdict(batcher.check(PROMPTS[1]), single[1])
     batcher.close()
 
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from latent_guardrail.errors import LatentGuardError
 from latent_guardrail.guard import DEFAULT_GUARD, LatentGuard
 from latent_guardrail.hosts import DEFAULT_MODEL
+from latent_guardrail.microbatch import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_MS, MaxBatch, WindowMs
 
 __all__ = ["SETTINGS_KEY", "LatentGuardRailSettings", "NemoConfigError", "guard_key", "resolve_guard_path",
            "shared_guard"]
@@ -73,12 +74,12 @@ class LatentGuardRailSettings(BaseModel):
     steer_max_new_tokens: int = Field(
         default=64, ge=1, le=4096,
         description="Most tokens of a steered refusal (check mode; a shared prefill uses the answer's budget).")
-    batch_window_ms: float = Field(
-        default=2.0, ge=0.0, le=1000.0, allow_inf_nan=False,
+    batch_window_ms: WindowMs = Field(
+        default=DEFAULT_WINDOW_MS,
         description="Standalone checks of concurrent requests share one check_batch: a batch waits this long from "
                     "its first check for more (0 = only the checks that queued while the host was busy).")
-    max_batch: int = Field(default=32, ge=1, le=4096,
-                           description="Most concurrent checks judged in one check_batch (1 = every check alone).")
+    max_batch: MaxBatch = Field(default=DEFAULT_MAX_BATCH,
+                                description="Most concurrent checks judged in one check_batch (1 = every check alone).")
 
     @classmethod
     def from_custom_data(cls, custom_data: Mapping[str, Any] | None) -> LatentGuardRailSettings:
