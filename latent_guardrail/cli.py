@@ -24,6 +24,7 @@ from .hosts import DEFAULT_MODEL, load_host
 from .integrations.nemo.chat import nemo_chat_command
 from .settings import CalibrationSettings, GuardSettings
 from .steering import Direction, default_steer_layer, steer, sweep
+from .taxonomy import standard_codes
 from .verdict import Verdict
 
 app = typer.Typer(
@@ -96,15 +97,29 @@ def _device_map(spec: str | None) -> str | dict[str, Any] | None:
 
 @app.command()
 def calibrate(
-    harmful: Annotated[list[Path], typer.Option("--harmful", help="Harmful prompts (JSONL/CSV/TXT); repeatable.")],
-    harmless: Annotated[list[Path], typer.Option("--harmless", help="Harmless prompts; repeatable.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the guard to.")],
+    harmful: Annotated[list[Path] | None, typer.Option(
+        "--harmful", help="Harmful prompts (JSONL/CSV/TXT); repeatable (not with --base).")] = None,
+    harmless: Annotated[list[Path] | None, typer.Option(
+        "--harmless", help="Harmless prompts; repeatable (with --base: harmless prompts to add).")] = None,
     model: Annotated[
         str, typer.Option(help="Host: 'default', an HF id or local folder, or a .gguf file.")
     ] = DEFAULT_MODEL,
     category: Annotated[
-        list[str] | None, typer.Option("--category", help="NAME:FILE of extra harmful prompts.")
+        list[str] | None, typer.Option("--category", help="NAME:FILE of extra harmful (or, with --base, topical) "
+                                                          "prompts; repeatable.")
     ] = None,
+    base: Annotated[str | None, typer.Option(
+        "--base", help="Extend this guard ('default' or a folder) instead of fitting from scratch: only the new "
+                       "prompts are read, the base prompts' states come from the state cache.")] = None,
+    remove_category: Annotated[list[str] | None, typer.Option(
+        "--remove-category", help="With --base: drop this category's rows (repeatable).")] = None,
+    base_every: Annotated[int | None, typer.Option(
+        "--base-every", help="With --base default: every k-th bundled row (a quick, smaller base).")] = None,
+    category_fpr: Annotated[float, typer.Option(
+        help="With --base: held-out harmless share a new category's own threshold may flag.")] = 0.02,
+    no_state_cache: Annotated[bool, typer.Option(
+        "--no-state-cache", help="With --base: read every prompt's states (no cache).")] = False,
     mode: Annotated[str, typer.Option(help="'tuned' or 'paper'.")] = "tuned",
     selection: Annotated[str, typer.Option(help="'label', 'behaviour' (the paper's) or 'auto'.")] = "label",
     text_column: Annotated[str | None, typer.Option(help="Column holding the prompt in CSV files.")] = None,
@@ -124,6 +139,16 @@ def calibrate(
     Under `accelerate launch --multi_gpu --num_processes N` each process reads a shard of the prompts on its own
     device and process 0 saves the same guard one process would fit.
     """
+    if base is not None:
+        _extend(base, out, model, category or [], harmless or [], remove_category or [], base_every, category_fpr,
+                not no_state_cache, text_column, limit)
+        return
+    if not harmful or not harmless:
+        _fail(InputError("calibrate needs --harmful and --harmless files (or --base GUARD to extend a guard)"))
+        return
+    if remove_category:
+        _fail(InputError("--remove-category needs --base GUARD"))
+        return
     workers: DataParallel | None = None
     try:
         workers = DataParallel() if launched_world_size() > 1 else None
@@ -178,6 +203,121 @@ def calibrate(
             f"tuned: layers {tuned['layers']}, CV AUROC {tuned['cv_auroc']:.3f}, held-out detect "
             f"{tuned['heldout_detect_rate']:.1%} / pass {tuned['heldout_pass_rate']:.1%}"
         )
+
+
+def _extend(base: str, out: Path, model: str, categories: list[str], harmless: list[Path], remove: list[str],
+            every: int | None, category_fpr: float, use_cache: bool, text_column: str | None,
+            limit: int | None) -> None:
+    """``calibrate --base``: extend a guard with categories and harmless prompts, drop categories, save."""
+    try:
+        started = time.perf_counter()
+        added = {}
+        for spec in categories:
+            name, path = parse_category_spec(spec)
+            added[name] = read_prompts(path, text_column=text_column, limit=limit)
+        extra = [row for path in harmless for row in read_prompts(path, text_column=text_column, limit=limit)]
+        if not added and not extra and not remove:
+            raise InputError("--base needs something to change: --category NAME:FILE, --harmless FILE or "
+                             "--remove-category NAME")
+        guard = LatentGuard.load(base, load_host(model))
+        loaded = time.perf_counter()
+        extended = guard.extend(added, harmless=extra, remove=remove, every=every, category_fpr=category_fpr,
+                                cache=use_cache)
+        folder = extended.save(out)
+    except (LatentGuardError, ValueError) as exc:
+        _fail(exc)
+        return
+    report = extended.fitted.report
+    record = report["extension"]
+    console.print(f"[bold]extended[/] {guard!r} → {extended!r} in {time.perf_counter() - started:.1f}s "
+                  f"(host and guard loaded in {loaded - started:.1f}s; states {record['seconds']['states']:.1f}s, "
+                  f"fit {record['seconds']['fit']:.1f}s; state cache {record['cache']}) → {folder}")
+    console.print(f"categories: {', '.join(extended.categories)}; removed: {', '.join(record['removed']) or 'none'}")
+    pooled = report["pooled"]
+    console.print(f"leave-one-family-out AUROC {pooled['cv_auroc']:.3f}, held-out detect "
+                  f"{pooled['heldout_detect_rate']:.1%} / pass {pooled['heldout_pass_rate']:.1%}")
+    for name, stats in report["categories"].items():
+        if stats.get("added"):
+            console.print(f"  {name}: {stats['prompts']} prompts, own threshold {stats['own_threshold']:+.3f}, "
+                          f"cross-validated detection {stats['detected']:.1%}, flags "
+                          f"{stats['own_harmless_flagged']:.1%} of held-out harmless items")
+
+
+def category_rows(guard: LatentGuard, computed: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """One row per category of ``guard`` (name, standard codes, sample counts, cross-validated detection, own
+    threshold) and a note saying where the numbers come from.
+
+    Detection comes from ``computed`` (a report's ``categories``), else from the artifact's report (an extended
+    guard stores it), else is None; sample counts then come from the bundled sets when the guard was fitted on
+    them (``items`` in its report matches), else are None.
+    """
+    stored = computed if computed is not None else guard.fitted.report.get("categories")
+    counts: dict[str, int] = {}
+    note = "cross-validated detection and counts: stored in the guard's report"
+    if stored is None:
+        harmful, harmless = read_calibration_sets()
+        bundled = guard.fitted.report.get("items", {}).get("plain") == len(harmful) + len(harmless)
+        for row in harmful if bundled else []:
+            if row.category:
+                counts[row.category] = counts.get(row.category, 0) + 1
+        note = ("this artifact does not store per-category detection; `--compute` measures it (leave-one-family-out "
+                "refit at the guard's layers, through the state cache)" +
+                ("; counts: the bundled calibration sets" if bundled else ""))
+    rows = []
+    for name in guard.categories:
+        codes = standard_codes(name)
+        stats = (stored or {}).get(name, {})
+        rows.append({
+            "category": name, "llama_guard": codes.llama_guard if codes else None,
+            "ailuminate": codes.ailuminate if codes else None, "also": list(codes.also) if codes else [],
+            "fit": codes.fit if codes else None, "prompts": stats.get("prompts", counts.get(name)),
+            "items": stats.get("items"), "detected": stats.get("detected"),
+            "own_threshold": guard.settings.category_thresholds.get(name, stats.get("own_threshold")),
+            "policy": guard.settings.category_policy.get(name, "block"), "added": bool(stats.get("added", False))})
+    return rows, note
+
+
+@app.command("categories")
+def categories_command(
+    guard_dir: Annotated[str, typer.Option("--guard", help="Guard folder, or 'default'.")] = DEFAULT_GUARD,
+    model: Annotated[str, typer.Option(help="Host the guard was fitted on.")] = DEFAULT_MODEL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    compute: Annotated[bool, typer.Option(
+        "--compute", help="Measure the cross-validated detection now when the artifact does not store it "
+                          "(re-reads the calibration prompts through the state cache: minutes the first time).")
+                       ] = False,
+) -> None:
+    """List a guard's categories: standard codes (Llama Guard 3, AILuminate), sample counts, cross-validated
+    detection, own thresholds and policy."""
+    try:
+        guard = LatentGuard.load(guard_dir, load_host(model), progress=not as_json)
+        computed = None
+        if compute and guard.fitted.report.get("categories") is None:
+            computed = guard.extend({}, progress=not as_json).fitted.report["categories"]
+        rows, note = category_rows(guard, computed)
+    except (LatentGuardError, ValueError) as exc:
+        _fail(exc)
+        return
+    if computed is not None:
+        note = "cross-validated detection: computed now (leave-one-family-out refit at the guard's layers)"
+    if as_json:
+        print(json.dumps({"guard": guard_dir, "categories": rows, "note": note}))
+        return
+    table = Table(title=f"categories of {guard_dir} ({len(rows)})")
+    for column in ("category", "Llama Guard 3", "AILuminate", "fit", "prompts", "items", "CV detected",
+                   "own threshold", "policy"):
+        table.add_column(column, justify="left" if column in ("category", "fit", "policy") else "right")
+
+    def show(value: Any, fmt: str = "{}") -> str:
+        return "—" if value is None else fmt.format(value)
+
+    for row in rows:
+        also = f" +{','.join(row['also'])}" if row["also"] else ""
+        table.add_row(row["category"] + (" (added)" if row["added"] else ""), show(row["llama_guard"]) + also,
+                      show(row["ailuminate"]), show(row["fit"]), show(row["prompts"]), show(row["items"]),
+                      show(row["detected"], "{:.1%}"), show(row["own_threshold"], "{:+.3f}"), row["policy"])
+    console.print(table)
+    console.print(f"[dim]{note}. Codes: latent_guardrail.taxonomy (Llama Guard 3 S1–S14, MLCommons AILuminate).[/]")
 
 
 def _pairs(specs: list[str], option: str, kind: type) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -32,6 +33,7 @@ from .artifact import check_fingerprint, load_fitted, save_fitted
 from .calibration import calibrate
 from .datasets import PromptRecord, read_calibration_sets
 from .errors import ArtifactError, InputError, LayerError, NumericalError
+from .extend import DEFAULT_CATEGORY_FPR, Extension, extend_fitted, plan_extension
 from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
@@ -40,6 +42,7 @@ from .policy import CategoryPolicy, Policy, Scores, ThresholdPolicy, failure_ver
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .segments import sentence_groups, typed_turns
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
+from .state_cache import StateCache
 from .verdict import Verdict, VerdictSpan, decisive_span
 from .views import MAX_CLAUSE_ENDS, View
 
@@ -138,6 +141,44 @@ class LatentGuard:
             path = _default_guard_for(loaded, progress)
         fitted = load_fitted(path)
         return cls(loaded, fitted, _merge(fitted.settings, settings))
+
+    def extend(self, categories: Mapping[str, Sequence[str | PromptRecord | Prompt]] | None = None, *,
+               harmless: Sequence[str | PromptRecord | Prompt] = (), remove: Sequence[str] = (),
+               base: tuple[Sequence[PromptRecord], Sequence[PromptRecord]] | None = None, every: int | None = None,
+               recipe: CalibrationSettings | None = None, category_fpr: float = DEFAULT_CATEGORY_FPR,
+               cache: StateCache | bool = True, progress: bool = True) -> LatentGuard:
+        """A guard refitted with new categories (harmful or topical) on top of this one's calibration data, and
+        without the ``remove`` d ones (:mod:`latent_guardrail.extend`).
+
+        Only the new prompts are read: the base prompts' clause-end states come from the state cache
+        (``cache``: True = :class:`~latent_guardrail.state_cache.StateCache` under ``cache_root()``, a cache of
+        your own, or False to read everything). A new category gets its own threshold (it blocks on its own
+        score, flagging ``category_fpr`` of held-out harmless items). ``base``: the rows this guard was fitted on,
+        when they are not the bundled sets (``every``: every k-th bundled row, as ``build_default_guard``);
+        ``recipe``: how they were fitted (default :data:`DEFAULT_RECIPE` for the bundled sets).
+
+        Raises:
+            InputError: not a pooled guard, an unknown category to remove, too few new prompts.
+        """
+        default_rows = read_calibration_sets() if base is None else None
+        chosen = recipe if recipe is not None else (DEFAULT_RECIPE if base is None
+                                                     else CalibrationSettings(mode="pooled"))
+        items, added, extension = plan_extension(self.fitted, categories, harmless=harmless, remove=remove,
+                                                 base=base, default_rows=default_rows, every=every, recipe=chosen)
+        if base is None and Extension.from_report(self.fitted.report) is None:
+            plain = sum(item.group.startswith("src:") for item in items) - sum(
+                len(v) for v in extension.added.values()) - len(extension.harmless)
+            removed = sum(1 for row in (default_rows or ([], []))[0][::extension.every]
+                          if row.category in extension.removed)
+            fitted_on = self.fitted.report.get("items", {}).get("plain")
+            if fitted_on is not None and fitted_on != plain + removed:
+                warnings.warn(f"this guard was fitted on {fitted_on} prompts, the bundled base has {plain + removed}: "
+                              "the extension refits on the bundled sets (pass base= for a guard of your own)",
+                              stacklevel=2)
+        store = StateCache() if cache is True else (None if cache is False else cache)
+        fitted = extend_fitted(self.host, self.fitted, items, added=added, extension=extension, recipe=chosen,
+                               category_fpr=category_fpr, cache=store, progress=progress)
+        return LatentGuard(self.host, fitted)
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the guard as ``guard.json`` + ``tensors.safetensors`` (atomically)."""

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .taxonomy import StandardCodes, standard_codes
+
 if TYPE_CHECKING:
     from .positions import PromptEncoding
 
@@ -107,6 +109,12 @@ class Verdict(BaseModel):
     def margin(self) -> float:
         """How far the score lies from the threshold (positive = harmful side)."""
         return self.score - self.threshold
+
+    @property
+    def taxonomy(self) -> StandardCodes | None:
+        """The standard hazard codes (Llama Guard 3, AILuminate) of ``category``, or None
+        (:func:`latent_guardrail.taxonomy.standard_codes`)."""
+        return standard_codes(self.category)
 
     @classmethod
     def from_failure(cls, reason: str, *, block: bool, mode: str, threshold: float = 0.0,

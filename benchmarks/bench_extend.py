@@ -1,0 +1,121 @@
+"""Extending the default guard with a category: time after the base states are cached, and what it detects.
+
+    .venv/bin/python benchmarks/bench_extend.py [--json out.json] [--alpaca 400] [--out DIR]
+
+A script, not a test (timings on a shared CPU are printed, never asserted). In one run:
+
+1. **Cold**: when the state cache lacks the base prompts' states (first extension on this host), one extension
+   reads them all; its time is printed as ``cold_extend_s`` (minutes; skipped when the cache is warm).
+2. **Warm**: ``LatentGuard.extend({"legal_advice": 30 questions})`` with the base states cached
+   (``warm_extend_s``, split into states and fit), and the command a user runs,
+   ``latent-guardrail calibrate --base default --category legal_advice:examples/data/legal_advice.jsonl -o DIR``,
+   timed as a whole process (``cli_s``: Python start, host and guard load, extension, save). Goal: ≤ 20 s.
+3. **Done when**: the extended guard on the 40 *other* legal-advice questions of
+   ``examples/data/legal_advice_heldout.jsonl`` (written for evaluation only, never fitted on): the share blocked
+   and the share blocked with ``category == "legal_advice"``; and the false-positive rate on harmless prompts —
+   a fixed sample of Alpaca rows 100–1999 and XSTest's safe prompts, read from ``../shared/data`` by path — of
+   the default guard and of the extended one, side by side (goal: at most 5 points more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from report import print_results  # benchmarks/report.py (scripts run from this folder)
+
+from latent_guardrail import LatentGuard
+from latent_guardrail.datasets import read_prompts
+from latent_guardrail.state_cache import StateCache
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+LEGAL = REPO / "examples" / "data" / "legal_advice.jsonl"
+LEGAL_HELDOUT = REPO / "examples" / "data" / "legal_advice_heldout.jsonl"
+
+
+def _alpaca(n: int) -> list[str]:
+    rows = [json.loads(line) for line in (DATA / "alpaca" / "alpaca_noinput_sample2000.jsonl").open()]
+    texts = [r["instruction"] for r in rows[100:2000] if r.get("instruction", "").strip()]
+    return random.Random(0).sample(texts, min(n, len(texts)))
+
+
+def _xstest_safe() -> list[str]:
+    with (DATA / "xstest" / "xstest_prompts.csv").open(newline="") as handle:
+        return [row["prompt"] for row in csv.DictReader(handle) if row.get("label") == "safe"]
+
+
+def _blocked(guard: LatentGuard, texts: list[str]) -> list[tuple[bool, str | None, str]]:
+    return [(v.harmful, v.category, v.decided_by) for v in guard.check_batch(texts)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--alpaca", type=int, default=400, help="Alpaca prompts in the false-positive sample.")
+    parser.add_argument("--out", type=Path, default=None, help="Keep the extended guard here.")
+    args = parser.parse_args()
+    results: dict[str, float | str] = {}
+    guard = LatentGuard.load("default", progress=False)
+    legal = read_prompts(LEGAL)
+    cache = StateCache()
+    started = time.perf_counter()
+    extended = guard.extend({"legal_advice": legal}, cache=cache, progress=True)
+    first = time.perf_counter() - started
+    if cache.stats.misses > len(legal) * 3:       # the base states were read: that was the cold run
+        results["cold_extend_s"] = round(first, 1)
+        results["cold_states_read"] = cache.stats.misses
+        started = time.perf_counter()
+        extended = guard.extend({"legal_advice": legal}, cache=cache, progress=False)
+        results["warm_extend_s"] = round(time.perf_counter() - started, 2)
+    else:
+        results["warm_extend_s"] = round(first, 2)
+    record = extended.fitted.report["extension"]
+    results["warm_states_s"] = record["seconds"]["states"]
+    results["warm_fit_s"] = record["seconds"]["fit"]
+    items = extended.fitted.report["items"]
+    results["items"] = items["plain"] + items["wrapped"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out if args.out is not None else Path(tmp) / "legal-guard"
+        started = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "latent_guardrail.cli", "calibrate", "--base", "default",
+                              "--category", f"legal_advice:{LEGAL}", "-o", str(out)],
+                             capture_output=True, text=True, cwd=REPO)
+        results["cli_s"] = round(time.perf_counter() - started, 2)
+        if run.returncode != 0:
+            raise SystemExit(run.stdout[-2000:] + run.stderr[-2000:])
+        cli_guard = LatentGuard.load(out, guard.host, progress=False)
+        results["cli_guard_same_threshold"] = str(abs(cli_guard.threshold - extended.threshold) < 1e-6)
+    stats = extended.fitted.report["categories"]["legal_advice"]
+    results["legal_own_threshold"] = round(stats["own_threshold"], 3)
+    results["legal_cv_detected"] = round(stats["detected"], 3)
+    heldout = [r.text for r in read_prompts(LEGAL_HELDOUT)]
+    legal_verdicts = _blocked(extended, heldout)
+    results["heldout_legal_n"] = len(heldout)
+    results["heldout_legal_blocked"] = round(sum(b for b, _, _ in legal_verdicts) / len(heldout), 3)
+    results["heldout_legal_blocked_as_legal_advice"] = round(
+        sum(b and c == "legal_advice" for b, c, _ in legal_verdicts) / len(heldout), 3)
+    results["heldout_legal_blocked_by_default_guard"] = round(
+        sum(b for b, _, _ in _blocked(guard, heldout)) / len(heldout), 3)
+    for name, texts in (("alpaca", _alpaca(args.alpaca)), ("xstest_safe", _xstest_safe())):
+        before = _blocked(guard, texts)
+        after = _blocked(extended, texts)
+        fpr_before = sum(b for b, _, _ in before) / len(texts)
+        fpr_after = sum(b for b, _, _ in after) / len(texts)
+        results[f"{name}_n"] = len(texts)
+        results[f"{name}_fpr_default"] = round(fpr_before, 4)
+        results[f"{name}_fpr_extended"] = round(fpr_after, 4)
+        results[f"{name}_fpr_added_points"] = round(100 * (fpr_after - fpr_before), 2)
+        results[f"{name}_blocked_as_legal_advice"] = sum(b and c == "legal_advice" for b, c, _ in after)
+    print_results("extend the default guard with legal_advice (30 questions)", results, args.json)
+
+
+if __name__ == "__main__":
+    main()
