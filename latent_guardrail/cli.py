@@ -114,6 +114,11 @@ def calibrate(
                        "prompts are read, the base prompts' states come from the state cache.")] = None,
     remove_category: Annotated[list[str] | None, typer.Option(
         "--remove-category", help="With --base: drop this category's rows (repeatable).")] = None,
+    base_harmful: Annotated[list[Path] | None, typer.Option(
+        "--base-harmful", help="With --base FOLDER: the harmful prompts that guard was fitted on (repeatable; "
+                               "not needed for the default guard or its extensions).")] = None,
+    base_harmless: Annotated[list[Path] | None, typer.Option(
+        "--base-harmless", help="With --base FOLDER: the harmless prompts that guard was fitted on.")] = None,
     base_every: Annotated[int | None, typer.Option(
         "--base-every", help="With --base default: every k-th bundled row (a quick, smaller base).")] = None,
     category_fpr: Annotated[float, typer.Option(
@@ -141,7 +146,7 @@ def calibrate(
     """
     if base is not None:
         _extend(base, out, model, category or [], harmless or [], remove_category or [], base_every, category_fpr,
-                not no_state_cache, text_column, limit)
+                not no_state_cache, text_column, limit, base_harmful or [], base_harmless or [])
         return
     if not harmful or not harmless:
         _fail(InputError("calibrate needs --harmful and --harmless files (or --base GUARD to extend a guard)"))
@@ -207,7 +212,7 @@ def calibrate(
 
 def _extend(base: str, out: Path, model: str, categories: list[str], harmless: list[Path], remove: list[str],
             every: int | None, category_fpr: float, use_cache: bool, text_column: str | None,
-            limit: int | None) -> None:
+            limit: int | None, base_harmful: list[Path], base_harmless: list[Path]) -> None:
     """``calibrate --base``: extend a guard with categories and harmless prompts, drop categories, save."""
     try:
         started = time.perf_counter()
@@ -219,10 +224,16 @@ def _extend(base: str, out: Path, model: str, categories: list[str], harmless: l
         if not added and not extra and not remove:
             raise InputError("--base needs something to change: --category NAME:FILE, --harmless FILE or "
                              "--remove-category NAME")
+        rows = None
+        if base_harmful or base_harmless:
+            if not (base_harmful and base_harmless):
+                raise InputError("give both --base-harmful and --base-harmless (the rows the base guard was fitted on)")
+            rows = ([r for path in base_harmful for r in read_prompts(path, text_column=text_column)],
+                    [r for path in base_harmless for r in read_prompts(path, text_column=text_column)])
         guard = LatentGuard.load(base, load_host(model))
         loaded = time.perf_counter()
-        extended = guard.extend(added, harmless=extra, remove=remove, every=every, category_fpr=category_fpr,
-                                cache=use_cache)
+        extended = guard.extend(added, harmless=extra, remove=remove, base=rows, every=every,
+                                category_fpr=category_fpr, cache=use_cache)
         folder = extended.save(out)
     except (LatentGuardError, ValueError) as exc:
         _fail(exc)
@@ -304,18 +315,17 @@ def categories_command(
         print(json.dumps({"guard": guard_dir, "categories": rows, "note": note}))
         return
     table = Table(title=f"categories of {guard_dir} ({len(rows)})")
-    for column in ("category", "Llama Guard 3", "AILuminate", "fit", "prompts", "items", "CV detected",
-                   "own threshold", "policy"):
-        table.add_column(column, justify="left" if column in ("category", "fit", "policy") else "right")
+    for column in ("category", "Llama Guard 3 / AILuminate", "prompts", "CV detected", "own threshold", "policy"):
+        table.add_column(column, justify="right" if column in ("prompts", "CV detected", "own threshold") else "left")
 
     def show(value: Any, fmt: str = "{}") -> str:
         return "—" if value is None else fmt.format(value)
 
     for row in rows:
-        also = f" +{','.join(row['also'])}" if row["also"] else ""
-        table.add_row(row["category"] + (" (added)" if row["added"] else ""), show(row["llama_guard"]) + also,
-                      show(row["ailuminate"]), show(row["fit"]), show(row["prompts"]), show(row["items"]),
-                      show(row["detected"], "{:.1%}"), show(row["own_threshold"], "{:+.3f}"), row["policy"])
+        codes = standard_codes(row["category"])
+        table.add_row(row["category"] + (" (added)" if row["added"] else ""), codes.label() if codes else "—",
+                      show(row["prompts"]), show(row["detected"], "{:.1%}"), show(row["own_threshold"], "{:+.3f}"),
+                      row["policy"])
     console.print(table)
     console.print(f"[dim]{note}. Codes: latent_guardrail.taxonomy (Llama Guard 3 S1–S14, MLCommons AILuminate).[/]")
 
