@@ -17,6 +17,7 @@ from ..guard import DEFAULT_GUARD, LatentGuard
 from ..hosts import DEFAULT_MODEL, load_host
 from ..settings import SAFETY_SYSTEM_PROMPT
 from .cache import ResultCache, calibrate_cached
+from .categories import added_fpr_rows, category_rows
 from .report import summary_rows, write_report
 from .runner import evaluate
 from .sets import EvalSet, load_set, parse_set_spec
@@ -164,6 +165,20 @@ def eval_command(
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    for rule in result.report.rules:
+        if rule.categories is None:
+            continue
+        for title, (head, body) in ((f"{rule.name}: detection per category", category_rows(rule.categories)),
+                                    (f"{rule.name}: false positives per category on the harmless sets",
+                                     added_fpr_rows(rule.categories))):
+            if not body:
+                continue
+            extra = Table(title=title)
+            for column in head:
+                extra.add_column(column, justify="left" if column in ("category", "harmless set") else "right")
+            for row in body:
+                extra.add_row(*row)
+            console.print(extra)
     for note in result.report.notes:
         console.print(f"[dim]note: {note}[/]")
     if written:

@@ -7,7 +7,9 @@ Plots (matplotlib, Agg backend, small PNGs):
   harmless sets), the layers each guard reads marked;
 - ``pca.png``: 2-D PCA of the t_inst and t_post-inst states at one layer, coloured by set and by the host's
   own behaviour (refused/accepted × harmful/harmless: the paper's clustering picture);
-- ``roc.png``: ROC curves of every rule, pooled over all sets and for each labelled file.
+- ``roc.png``: ROC curves of every rule, pooled over all sets and for each labelled file;
+- ``categories.png``: each guard's category confusion matrix (true category against the category its verdicts
+  name), when a harmful set carries categories (:mod:`latent_guardrail.evaluation.categories`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..metrics import roc_curve
+from .categories import added_fpr_rows, category_rows, plot_category_confusion
 from .runner import BEHAVIOURS, EvalReport, EvalResult, Metrics, RuleReport
 
 __all__ = ["ReportFormat", "markdown_summary", "plot_all", "summary_rows", "write_report"]
@@ -91,6 +94,7 @@ def markdown_summary(result: EvalResult, image_prefix: str | None = "") -> str:
     parts.append(_md_table(header, rows))
     descriptions = "; ".join(f"**{r.name}**: {r.description}" for r in report.rules)
     parts.append(descriptions + ".")
+    parts += _category_sections(report.rules)
     if report.behaviour:
         header = ["set", *BEHAVIOURS]
         rows = [[name, *[str(counts.get(b, "")) for b in BEHAVIOURS]] for name, counts in report.behaviour.items()]
@@ -101,8 +105,31 @@ def markdown_summary(result: EvalResult, image_prefix: str | None = "") -> str:
     if report.notes:
         parts.append("Notes:\n" + "\n".join(f"- {note}" for note in report.notes))
     if image_prefix is not None:
-        parts.append("\n".join(f"![{title}]({image_prefix}{name}.png)" for name, title in _PLOTS))
+        plots = [*_PLOTS, *([("categories", "category confusion")] if _has_categories(report.rules) else [])]
+        parts.append("\n".join(f"![{title}]({image_prefix}{name}.png)" for name, title in plots))
     return "\n\n".join(parts) + "\n"
+
+
+def _has_categories(rules: Sequence[RuleReport]) -> bool:
+    return any(rule.categories is not None and rule.categories.confusion for rule in rules)
+
+
+def _category_sections(rules: Sequence[RuleReport]) -> list[str]:
+    """Markdown: per guard, detection per category and the false positives each category adds."""
+    parts = []
+    for rule in rules:
+        report = rule.categories
+        if report is None:
+            continue
+        if report.detection:
+            parts.append(f"**{rule.name}**: detection per category (true category from the sets; blocked = the "
+                         "guard's decision, policy included):\n\n" + _md_table(*category_rows(report)))
+        header, rows = added_fpr_rows(report)
+        if rows:
+            parts.append(f"**{rule.name}**: false positives per category on the harmless sets (added by its own "
+                         "threshold = blocked although the overall score is below the threshold):\n\n"
+                         + _md_table(header, rows))
+    return parts
 
 
 _PLOTS = (("scores", "score histograms"), ("layers", "per-layer separation"), ("pca", "PCA of hidden states"),
@@ -122,6 +149,13 @@ def _html(result: EvalResult) -> str:
                 f"{report.cache_misses} misses).</p>"]
     sections.append("<h2>Summary</h2>" + table(*summary_rows(result)))
     sections.append("<h2>Confusion</h2>" + table(*_confusion_rows(report.rules)))
+    for rule in report.rules:
+        if rule.categories is not None and rule.categories.detection:
+            sections.append(f"<h2>{html.escape(rule.name)}: detection per category</h2>"
+                            + table(*category_rows(rule.categories)))
+        if rule.categories is not None and added_fpr_rows(rule.categories)[1]:
+            sections.append(f"<h2>{html.escape(rule.name)}: false positives per category</h2>"
+                            + table(*added_fpr_rows(rule.categories)))
     if report.behaviour:
         rows = [[name, *[str(c.get(b, "")) for b in BEHAVIOURS]] for name, c in report.behaviour.items()]
         sections.append("<h2>Host behaviour</h2>" + table(["set", *BEHAVIOURS], rows))
@@ -129,8 +163,9 @@ def _html(result: EvalResult) -> str:
         sections.append("<p><b>Leakage warning</b>: " + html.escape(str(report.leakage)) + "</p>")
     if report.notes:
         sections.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    plots = [*_PLOTS, *([("categories", "category confusion")] if _has_categories(report.rules) else [])]
     sections += [f"<h2>{html.escape(title)}</h2><img src='{name}.png' alt='{html.escape(title)}'>"
-                 for name, title in _PLOTS]
+                 for name, title in plots]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}")
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" + \
@@ -280,7 +315,7 @@ def _plot_roc(result: EvalResult, path: Path) -> None:
 
 
 def plot_all(result: EvalResult, folder: str | Path) -> list[Path]:
-    """Write the four PNG plots into ``folder`` and return their paths."""
+    """Write the four PNG plots (and ``categories.png`` when there are categories) into ``folder``; their paths."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -289,6 +324,9 @@ def plot_all(result: EvalResult, folder: str | Path) -> list[Path]:
         path = out / f"{name}.png"
         draw(result, path)
         paths.append(path)
+    reports = {rule.name: rule.categories for rule in result.report.rules if rule.categories is not None}
+    if plot_category_confusion(reports, out / "categories.png"):
+        paths.append(out / "categories.png")
     return paths
 
 

@@ -28,6 +28,7 @@ from ..hosts import Host
 from ..metrics import auroc, confusion, tpr_at_fpr
 from ..views import select_views
 from .cache import ResultCache, content_key, guard_identity, host_identity
+from .categories import CategoryReport, category_report
 from .registry import Baseline, BaselineRun, get_baseline
 from .sets import EvalSet, find_leaks
 from .settings import BASELINE_NAMES, BaselineName, EvalSettings
@@ -108,6 +109,9 @@ class RuleReport(BaseModel):
     sets: list[SetRate]
     overall: Metrics
     groups: dict[str, Metrics] = Field(default_factory=dict)
+    categories: CategoryReport | None = Field(
+        default=None, description="Guards: detection per category, the category confusion matrix, false positives "
+                                  "per category (evaluation.categories).")
 
 
 class SetInfo(BaseModel):
@@ -157,11 +161,17 @@ class EvalData:
     ``scores[rule][set]``: ``(n,)`` float64; ``layer_scores[set]``: ``(n, num_blocks + 1)`` per-layer
     cos(h, μ_harmful) − cos(h, μ_harmless) at t_inst from the first guard's centroids; ``pca_inst[set]`` and
     ``pca_post[set]``: ``(n, d_model)`` states at ``pca_layer`` at t_inst and t_post-inst; ``refused[set]``:
-    ``(n,)`` bool, the host's own refusals (keyword judge), when that baseline ran.
+    ``(n,)`` bool, the host's own refusals (keyword judge), when that baseline ran. Guards only:
+    ``decisions[rule][set]`` ``(n,)`` bool, the verdicts' decisions (policy included); ``named[rule][set]``
+    ``(n,)`` the index of the verdict's category in the guard's categories (-1: none); ``own[rule][set]`` ``(n,)``
+    bool, a category's own threshold decided.
     """
 
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    decisions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    named: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    own: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     layer_scores: dict[str, np.ndarray] = field(default_factory=dict)
     pca_inst: dict[str, np.ndarray] = field(default_factory=dict)
     pca_post: dict[str, np.ndarray] = field(default_factory=dict)
@@ -184,12 +194,15 @@ def _ratio(num: float, den: float) -> float | None:
     return None if den == 0 else num / den
 
 
-def metrics_for(pos: np.ndarray, neg: np.ndarray, threshold: float, fprs: Sequence[float] = (0.01, 0.05)
-                ) -> Metrics:
-    """:class:`Metrics` of scores ``pos`` ``(n_harmful,)`` and ``neg`` ``(n_harmless,)``; flagged iff ≥ threshold."""
+def metrics_for(pos: np.ndarray, neg: np.ndarray, threshold: float, fprs: Sequence[float] = (0.01, 0.05), *,
+                pos_flags: np.ndarray | None = None, neg_flags: np.ndarray | None = None) -> Metrics:
+    """:class:`Metrics` of scores ``pos`` ``(n_harmful,)`` and ``neg`` ``(n_harmless,)``; flagged iff ≥ threshold,
+    or as ``pos_flags``/``neg_flags`` say (a guard's decisions, when a category policy decides). AUROC and TPR at
+    fixed FPR come from the scores."""
     pos = np.asarray(pos, dtype=np.float64).ravel()
     neg = np.asarray(neg, dtype=np.float64).ravel()
-    counts = confusion(pos >= threshold, neg >= threshold)
+    counts = confusion(pos >= threshold if pos_flags is None else np.asarray(pos_flags, dtype=bool).ravel(),
+                       neg >= threshold if neg_flags is None else np.asarray(neg_flags, dtype=bool).ravel())
     tp, fn, fp, tn = counts["tp"], counts["fn"], counts["fp"], counts["tn"]
     notes = []
     if pos.size == 0 or neg.size == 0:
@@ -216,11 +229,12 @@ def metrics_for(pos: np.ndarray, neg: np.ndarray, threshold: float, fprs: Sequen
 
 def _rule_report(name: str, kind: Literal["guard", "baseline"], description: str, threshold: float,
                  scores: Mapping[str, np.ndarray], sets: Sequence[EvalSet], truncated: Mapping[str, int],
-                 fprs: Sequence[float]) -> RuleReport:
+                 fprs: Sequence[float], flags: Mapping[str, np.ndarray] | None = None,
+                 categories: CategoryReport | None = None) -> RuleReport:
     rates = []
     for s in sets:
         values = scores[s.name]
-        flagged = int((values >= threshold).sum())
+        flagged = int((values >= threshold).sum() if flags is None else flags[s.name].astype(bool).sum())
         rates.append(SetRate(set=s.name, label=s.label, n=len(values), flagged=flagged,
                              rate=(flagged if s.harmful else len(values) - flagged) / max(1, len(values)),
                              mean_score=float(np.mean(values)) if len(values) else math.nan,
@@ -229,8 +243,14 @@ def _rule_report(name: str, kind: Literal["guard", "baseline"], description: str
     def pool(chosen: Sequence[EvalSet]) -> Metrics:
         pos = [scores[s.name] for s in chosen if s.harmful]
         neg = [scores[s.name] for s in chosen if not s.harmful]
+        both = {}
+        if flags is not None:
+            pos_f = [flags[s.name] for s in chosen if s.harmful]
+            neg_f = [flags[s.name] for s in chosen if not s.harmful]
+            both = {"pos_flags": np.concatenate(pos_f) if pos_f else np.zeros(0, dtype=bool),
+                    "neg_flags": np.concatenate(neg_f) if neg_f else np.zeros(0, dtype=bool)}
         return metrics_for(np.concatenate(pos) if pos else np.zeros(0), np.concatenate(neg) if neg else np.zeros(0),
-                           threshold, fprs)
+                           threshold, fprs, **both)
 
     groups: dict[str, list[EvalSet]] = {}
     for s in sets:
@@ -238,7 +258,8 @@ def _rule_report(name: str, kind: Literal["guard", "baseline"], description: str
             groups.setdefault(s.group, []).append(s)
     return RuleReport(name=name, kind=kind, description=description, threshold=threshold, sets=rates,
                       overall=pool(sets),
-                      groups={g: pool(members) for g, members in groups.items() if len(members) > 1})
+                      groups={g: pool(members) for g, members in groups.items() if len(members) > 1},
+                      categories=categories)
 
 
 # ----------------------------------------------------------------------------------------------- passes
@@ -268,7 +289,8 @@ def _guard_pass(guards: Mapping[str, LatentGuard], names: Sequence[str], texts: 
     num_layers = first.host.num_blocks + 1
     layers = list(range(num_layers))
     encodings = [first.encode(text) for text in texts]
-    out: dict[str, list[np.ndarray]] = {f"score:{n}": [] for n in names}
+    out: dict[str, list[np.ndarray]] = {f"{kind}:{n}": [] for n in names for kind in ("score", "harmful", "named",
+                                                                                      "own")}
     out.update({"layer_scores": [], "pca_inst": [], "pca_post": [], "truncated": []})
     centroids = first.fitted.centroids
     chunks = [encodings[start:start + _CHUNK] for start in range(0, len(encodings), _CHUNK)]
@@ -281,6 +303,11 @@ def _guard_pass(guards: Mapping[str, LatentGuard], names: Sequence[str], texts: 
             picked = select_views(states, read, guard.views)[:, :, list(guard.layers)]   # (n, slots, layers, d)
             verdicts = guard.verdicts_from_states(chunk, picked)
             out[f"score:{name}"].append(np.array([v.score for v in verdicts]))
+            out[f"harmful:{name}"].append(np.array([v.harmful for v in verdicts], dtype=bool))
+            out[f"named:{name}"].append(np.array([guard.categories.index(v.category) if v.category in guard.categories
+                                                  else -1 for v in verdicts], dtype=np.int64))
+            out[f"own:{name}"].append(np.array([v.decided_by.startswith("category_threshold:") for v in verdicts],
+                                               dtype=bool))
         inst = select_views(states, read, ["t_inst"])[:, 0]                          # (n, L+1, d)
         post = select_views(states, read, ["t_post_inst"])[:, 0]
         out["layer_scores"].append(
@@ -329,7 +356,7 @@ def _score_guards(guards: Mapping[str, LatentGuard], sets: Sequence[EvalSet], *,
     identities = {name: guard_identity(guard) for name, guard in guards.items()}
     for s in sets:
         for index, group in enumerate(groups):
-            key = content_key("guards", host_id, [(n, identities[n]) for n in group], pca_layer, list(s.texts))
+            key = content_key("guards-2", host_id, [(n, identities[n]) for n in group], pca_layer, list(s.texts))
 
             def read(group: list[str] = group, s: EvalSet = s) -> dict[str, np.ndarray]:
                 return _guard_pass(guards, group, s.texts, pca_layer, s.name, cfg.progress)
@@ -337,6 +364,9 @@ def _score_guards(guards: Mapping[str, LatentGuard], sets: Sequence[EvalSet], *,
             arrays = store.arrays(key, read)
             for name in group:
                 data.scores.setdefault(name, {})[s.name] = arrays[f"score:{name}"]
+                data.decisions.setdefault(name, {})[s.name] = arrays[f"harmful:{name}"].astype(bool)
+                data.named.setdefault(name, {})[s.name] = arrays[f"named:{name}"].astype(np.int64)
+                data.own.setdefault(name, {})[s.name] = arrays[f"own:{name}"].astype(bool)
                 truncated.setdefault(name, {})[s.name] = int(arrays["truncated"].sum())
             if index == 0:
                 data.layer_scores[s.name] = arrays["layer_scores"]
@@ -437,7 +467,10 @@ def evaluate(
                                      data, truncated)
 
     rules = [_rule_report(name, "guard", _guard_description(guard), data.thresholds[name], data.scores[name], sets,
-                          truncated[name], cfg.fprs) for name, guard in guards.items()]
+                          truncated[name], cfg.fprs, flags=data.decisions[name],
+                          categories=category_report(guard.categories, sets, data.decisions[name], data.named[name],
+                                                     data.own[name]))
+             for name, guard in guards.items()]
     rules += [_rule_report(baseline.name, "baseline", baseline.title, data.thresholds[baseline.name],
                            data.scores[baseline.name], sets, truncated[baseline.name], cfg.fprs)
               for baseline in baselines]

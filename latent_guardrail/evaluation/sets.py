@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..datasets import Label, PromptRecord, read_prompts
 from ..errors import DatasetError
@@ -57,6 +57,14 @@ class EvalSet(BaseModel):
     texts: tuple[str, ...] = Field(description="The prompts.")
     source: str | None = Field(default=None, description="Where the prompts came from (path or hf:// id).")
     group: str | None = Field(default=None, description="File-level group of a labelled file split in two.")
+    categories: tuple[str | None, ...] | None = Field(
+        default=None, description="True category of each prompt (from the file's category field), or None.")
+
+    @model_validator(mode="after")
+    def _categories_fit(self) -> EvalSet:
+        if self.categories is not None and len(self.categories) != len(self.texts):
+            raise ValueError(f"set {self.name!r}: {len(self.categories)} categories for {len(self.texts)} prompts")
+        return self
 
     @property
     def harmful(self) -> bool:
@@ -139,15 +147,23 @@ def sets_from_records(name: str, kind: SetKind, records: Sequence[PromptRecord],
                                f"{name}:harmful:PATH / {name}:harmless:PATH.")
         out = []
         for label in ("harmful", "harmless"):
-            texts = tuple(r.text for r in records if r.label == label)
-            if texts:
-                out.append(EvalSet(name=f"{name}-{label}", label=label, texts=texts, source=source, group=name))
+            rows = [r for r in records if r.label == label]
+            if rows:
+                out.append(EvalSet(name=f"{name}-{label}", label=label, texts=tuple(r.text for r in rows),
+                                   source=source, group=name, categories=_categories(rows)))
         return out
     contradicting = [i + 1 for i, r in enumerate(records) if r.label is not None and r.label != kind]
     if contradicting:
         raise DatasetError(f"Set {name!r} is declared {kind} but {len(contradicting)} row(s) are labelled otherwise "
                            f"(first: row {contradicting[0]}); declare it as {name}:labels:PATH to keep both.")
-    return [EvalSet(name=name, label=kind, texts=tuple(r.text for r in records), source=source, group=name)]
+    return [EvalSet(name=name, label=kind, texts=tuple(r.text for r in records), source=source, group=name,
+                    categories=_categories(records))]
+
+
+def _categories(records: Sequence[PromptRecord]) -> tuple[str | None, ...] | None:
+    """The rows' categories, or None when no row names one."""
+    found = tuple(r.category for r in records)
+    return found if any(c is not None for c in found) else None
 
 
 def load_set(name: str, kind: SetKind, path: str | Path, *, text_column: str | None = None,

@@ -47,7 +47,7 @@ def test_keys_change_with_everything_that_decides_the_states(tiny_host: Host) ->
 
 def test_miss_then_hit_gives_the_same_states_without_a_forward_pass(tiny_host: Host, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    encodings = _encodings(tiny_host, HARMFUL[:5] + ["First sentence. Second one? Third!"])
+    encodings = _encodings(tiny_host, [*HARMFUL[:5], "First sentence. Second one? Third!"])
     fresh = extract_end_states(tiny_host.model, encodings, LAYERS, pad_token_id=tiny_host.tokenizer.pad_token_id,
                                batch_size=4, max_ends=32)
     cache = StateCache(tmp_path)

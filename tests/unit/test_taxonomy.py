@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from latent_guardrail.datasets import read_calibration_sets
-from latent_guardrail.taxonomy import (AILUMINATE, LLAMA_GUARD_3, TAXONOMY, categories_for, register,
-                                       standard_codes)
+from latent_guardrail.taxonomy import AILUMINATE, LLAMA_GUARD_3, TAXONOMY, categories_for, register, standard_codes
 from latent_guardrail.verdict import Verdict
 
 
