@@ -367,9 +367,10 @@ def check(
         if threshold is not None:
             guard = guard.with_settings(threshold=threshold)
         if policy or category_threshold:
-            guard = guard.with_settings(category_policy=_pairs(policy or [], "--policy", str),
-                                        category_thresholds=_pairs(category_threshold or [], "--category-threshold",
-                                                                   float))
+            guard = guard.with_settings(  # on top of what the guard carries (an extended guard's own thresholds)
+                category_policy={**guard.settings.category_policy, **_pairs(policy or [], "--policy", str)},
+                category_thresholds={**guard.settings.category_thresholds,
+                                     **_pairs(category_threshold or [], "--category-threshold", float)})
         verdicts = guard.check_batch(prompts)
     except (LatentGuardError, ValueError) as exc:
         _fail(exc)

@@ -29,6 +29,8 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
                            ["reply inversion on", "harmfulness/context", "refusal/all", "plot saved to"]),
     "distributed_calibration.py": (["--limit", "10", "--out", "{tmp}/guard-dp"],
                                    ["1 process(es):", "saved to", "calibration prompts re-scored:"]),
+    "topical_rail.py": (["--every", "40", "--out", "{tmp}/topical"],
+                        ["extended in", "category=legal_advice [S6 / spc_lgl", "monitored=legal_advice", "saved to"]),
 }
 
 
@@ -48,5 +50,7 @@ def test_example_runs(script: str, tmp_path: Path) -> None:
     assert missing == [], run.stdout[-3000:]
     if script == "distributed_calibration.py":
         assert (tmp_path / "guard-dp" / "guard.json").is_file()
+    if script == "topical_rail.py":
+        assert (tmp_path / "topical" / "guard.json").is_file()
     if script == "reply_inversion.py":
         assert (tmp_path / "inversion.png").stat().st_size > 0

@@ -103,8 +103,10 @@ class LatentGuardRail:
         if self.settings.threshold is not None:
             changes["threshold"] = self.settings.threshold
         if self.settings.category_policy or self.settings.category_thresholds:
-            changes["category_policy"] = dict(self.settings.category_policy)
-            changes["category_thresholds"] = dict(self.settings.category_thresholds)
+            # on top of the guard's own (an extended guard carries its new categories' thresholds)
+            changes["category_policy"] = {**guard.settings.category_policy, **self.settings.category_policy}
+            changes["category_thresholds"] = {**guard.settings.category_thresholds,
+                                              **self.settings.category_thresholds}
         try:
             self.guard = guard.with_settings(**changes)
         except (InputError, ValueError) as exc:
