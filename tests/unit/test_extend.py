@@ -174,6 +174,14 @@ def test_cli_extends_removes_and_lists_categories(base: LatentGuard, tmp_path: P
     assert LatentGuard.load(tmp_path / "less", base.host).categories == ("weapons",)
     bare = runner.invoke(cli.app, ["categories", "--guard", str(folder), "--json"])
     assert bare.exit_code == 0 and json.loads(bare.output)["categories"][0]["detected"] is None
+    from latent_guardrail import guard as guard_module
+
+    monkeypatch.setattr(guard_module, "read_calibration_sets", lambda: (BASE_H, BASE_B))   # the "bundled" sets
+    computed = runner.invoke(cli.app, ["categories", "--guard", str(folder), "--json", "--compute"])
+    assert computed.exit_code == 0, computed.output
+    found = json.loads(computed.output)
+    assert "computed now" in found["note"] and all(row["detected"] is not None for row in found["categories"])
+    assert {row["category"]: row["prompts"] for row in found["categories"]} == {"fraud": 5, "weapons": 5}
     for args, message in (([*common, "-o", str(tmp_path / "x")], "needs something to change"),
                           (["calibrate", "-o", str(tmp_path / "y")], "needs --harmful and --harmless"),
                           (["calibrate", "--remove-category", "fraud", "--harmful", str(harmful), "--harmless",
