@@ -159,7 +159,8 @@ def plan_extension(fitted: FittedGuard, categories: Mapping[str, Sequence[Prompt
                    default_rows: tuple[Sequence[PromptRecord], Sequence[PromptRecord]] | None = None,
                    every: int | None = None, recipe: CalibrationSettings
                    ) -> tuple[list[CalibrationItem], list[str], Extension]:
-    """The items an extension of ``fitted`` fits, the categories it adds, and its record.
+    """The items an extension of ``fitted`` fits, the categories that get thresholds of their own (added ones the
+    base rows do not have, this extension's and earlier ones'), and its record.
 
     The base rows are ``base`` when given, else the guard's recorded base, else ``default_rows`` (the bundled
     sets) every ``every``-th row; what an earlier extension added (and removed) is kept; ``categories`` add
@@ -212,7 +213,7 @@ def plan_extension(fitted: FittedGuard, categories: Mapping[str, Sequence[Prompt
         items += build_items(new_rows, [(text, None) for text in extra_harmless], wrapped_per_item=recipe.augment,
                              seed=recipe.seed)
     extension = Extension(base=kind, every=step, added=added, harmless=extra_harmless, removed=removed)
-    return items, sorted(added), extension
+    return items, sorted(name for name in added if name not in base_names), extension
 
 
 # ----------------------------------------------------------------------------------------------- fitting
@@ -387,7 +388,7 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
                   extension: Extension, recipe: CalibrationSettings, category_fpr: float = DEFAULT_CATEGORY_FPR,
                   cache: StateCache | None = None, threads: int | None = 1, progress: bool = False) -> FittedGuard:
     """Refit ``base`` (a pooled guard) on ``items`` — its base items, less removed categories, plus the new ones —
-    reading states through ``cache``; categories in ``added`` that ``base`` lacks get their own thresholds.
+    reading states through ``cache``; the categories in ``added`` get (new) thresholds of their own.
 
     Raises:
         InputError: ``base`` is not a pooled guard, or ``category_fpr`` is out of range.
@@ -426,9 +427,8 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
         overall, oof, pooled_report = fit_window(states, ends, labels, groups, layers, options)
         if recipe.threshold is not None:
             overall.threshold = float(recipe.threshold)
-        new = [name for name in added if name not in base.scorer.categories]
         stats, cat_names, cat_dirs, cat_mids, cat_cal, own = _fit_categories(
-            states, ends, items, labels, groups, overall, oof, added=new, category_fpr=category_fpr)
+            states, ends, items, labels, groups, overall, oof, added=added, category_fpr=category_fpr)
     empty = torch.zeros(0, *overall.directions.shape, dtype=_F64)
     scorer = PooledScorer(overall.layers, overall.directions, overall.midpoints, overall.calibration,
                           overall.threshold, pooling=overall.pooling, categories=cat_names,

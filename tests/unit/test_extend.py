@@ -114,6 +114,8 @@ def test_an_extended_guard_round_trips_and_extends_again(extended: LatentGuard, 
     smaller = loaded.extend(remove=["fraud"], base=(BASE_H, BASE_B), recipe=RECIPE, cache=cache, progress=False)
     assert smaller.categories == ("legal_advice", "weapons")                   # legal_advice was kept
     assert smaller.fitted.report["extension"]["removed"] == ["fraud"]
+    legal = smaller.fitted.report["categories"]["legal_advice"]                 # its own threshold refitted
+    assert legal["added"] and smaller.settings.category_thresholds == {"legal_advice": legal["own_threshold"]}
     n_fraud = sum(1 for item in base_items(BASE_H, BASE_B, RECIPE) if item.category == "fraud")
     items = smaller.fitted.report["items"]
     before = extended.fitted.report["items"]
