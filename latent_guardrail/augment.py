@@ -188,21 +188,59 @@ def _closing(request: str, rng: random.Random) -> Wrapped:
     return _spaced("", request, "\n" + rng.choice(_CLOSINGS), sep="")
 
 
+_FIELDS = ("request", "message", "input", "question", "text", "ticket_body", "prompt", "content")
+
+
+def _structured(request: str, rng: random.Random) -> Wrapped:
+    """The request as a quoted value inside markup or data: YAML, an XML tag, a form field, a markdown quote or
+    code fence, a CSV row (JSON is the held-out ``json_payload``)."""
+    field = rng.choice(_FIELDS)
+    style = rng.randrange(5)
+    if style == 0:
+        before, after = f"id: {rng.randrange(100, 9999)}\nlang: en\n{field}: \"", '"'
+    elif style == 1:
+        before, after = f"<{field}>", f"</{field}>"
+    elif style == 2:
+        name = rng.choice(("Ana", "Lee", "Omar", "Kit"))
+        before, after = f"Name: {name}\n{field.capitalize()}: ", "\nPriority: normal"
+    elif style == 3:
+        before, after = rng.choice((("> ", ""), ("```\n", "\n```")))
+    else:
+        before, after = f"{rng.randrange(1, 500)},web,\"", '",open'
+    return _spaced(before, request, after, sep="")
+
+
+_CHATTER = ("I finally finished painting the spare room this weekend.", "My sister is visiting from Leeds next month.",
+            "The train was late again this morning, typical.", "We adopted a kitten last week and she is chaos.",
+            "I've been trying to drink more water lately.", "Work has been pretty quiet since the holidays.",
+            "It rained all day here, so I stayed in.", "I started learning the guitar in January.",
+            "My neighbour lent me a great book about whales.", "I just got back from a long walk by the river.",
+            "Sorry if this is a silly question.", "Hope your week is going well.",
+            "I'm writing this on my lunch break.", "Our football team finally won a match.")
+
+
+def _chatter(request: str, rng: random.Random) -> Wrapped:
+    """One or two personal, unrelated sentences before the request and possibly one after it."""
+    before = " ".join(rng.sample(_CHATTER, rng.randrange(1, 3)))
+    after = rng.choice(("", "", rng.choice(_CHATTER)))
+    return _spaced(before, request, after)
+
+
 FAMILIES: Mapping[str, Wrapper] = MappingProxyType({
     "greeting": _greeting, "pleasantry": _pleasantry, "format_request": _format_request,
     "leading_question": _leading_question, "prior_turn": _prior_turn, "persona": _persona, "fake_turn": _fake_turn,
     "lowercase": _lowercase, "no_punct": _no_punct, "typos": _typos, "split_turns": _split_turns,
     "continue": _continue, "email": _email, "json_payload": _json_payload, "signature": _signature,
-    "closing": _closing,
+    "closing": _closing, "structured": _structured, "chatter": _chatter,
 })
 """Every wrapper family, by name."""
 
 HELD_OUT_FAMILIES: tuple[str, ...] = ("email", "json_payload", "signature")
 """Wrapper families calibration never sees (evaluation only)."""
 
-EXTRA_FAMILIES: tuple[str, ...] = ("closing",)
-"""Wrapper families added to every :data:`EXTRA_EVERY`-th calibration row as a further wrapped copy, on top of
-the drawn ones (so adding one leaves the drawn families of every row as they were)."""
+EXTRA_FAMILIES: tuple[str, ...] = ("closing", "structured", "chatter")
+"""Wrapper families added, in turn, to every :data:`EXTRA_EVERY`-th calibration row as one further wrapped copy,
+on top of the drawn ones (so adding one leaves the drawn families of every row as they were)."""
 
 EXTRA_EVERY = 3
 
@@ -252,16 +290,20 @@ class CalibrationItem:
     request_text: str | None = None
 
 
+SHARED_FAMILIES = ("tasks", "actions", "content", "code", "questions")
+
+
 def source_group(source: str | None, harmful: bool) -> str:
     """The family of a bundled file: its name without ``.jsonl`` and a per-category suffix (``twins_weapons``
     → ``twins``); the thirteen original per-category harmful files form one family, ``requests``; ``tasks``
-    (the same task frames on both sides) is one family for both classes."""
+    and the goal sets ``actions``, ``content``, ``code``, ``questions`` (the same frames on both sides) are one
+    family each for both classes."""
     stem = (source or "given").removesuffix(".jsonl")
     for prefix in ("lookalikes_", "twins_"):
         if stem.startswith(prefix):
             return f"src:{prefix[:-1]}"
-    if stem == "tasks":  # the same task frames on both sides: one family
-        return "src:tasks"
+    if stem in SHARED_FAMILIES:  # the same frames on both sides: one family
+        return f"src:{stem}"
     if harmful and stem not in ("persuasion", "framed", "embedded", "casual"):
         return "src:requests"
     return f"src:{stem}" if not harmful or stem != "casual" else "src:casual_harmful"
@@ -282,7 +324,8 @@ def build_items(harmful: Sequence[tuple[Prompt, str | None, str | None]], harmle
         if not isinstance(text, str):  # a conversation is kept as given: wrappers take one request
             continue
         rng = random.Random(f"{seed}:wrap:{index}")
-        extra = list(EXTRA_FAMILIES) if wrapped_per_item and index % EXTRA_EVERY == 0 else []
+        extra = [EXTRA_FAMILIES[index // EXTRA_EVERY % len(EXTRA_FAMILIES)]] \
+            if wrapped_per_item and index % EXTRA_EVERY == 0 else []
         for family in families_for(index, seed, wrapped_per_item, families) + extra:
             wrapped = wrap(text, family, rng)
             prompt = wrapped.prompt

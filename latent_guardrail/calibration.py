@@ -34,7 +34,7 @@ from .errors import CalibrationError, InputError
 from .fitted import FittedGuard
 from .hosts import Host
 from .layers import decoder_blocks, guess_layer_template
-from .normalize import normalize_prompt
+from .normalize import normalize_for
 from .pooled import EndLabels, PooledOptions, fit_pooled
 from .positions import Prompt, PromptEncoding, encode_batch
 from .refusal import Judge, PhraseJudge
@@ -244,8 +244,7 @@ def calibrate_items(host: Host, items: Sequence[CalibrationItem], *, settings: C
     began = started if started is not None else time.perf_counter()
     if sum(item.harmful for item in items) < 4 or sum(not item.harmful for item in items) < 4:
         raise CalibrationError("the pooled rule needs at least 4 harmful and 4 harmless prompts")
-    prompts = [normalize_prompt(item.prompt, case_fold=guard.case_fold)[0] if guard.normalize else item.prompt
-               for item in items]
+    prompts = [normalize_for(item.prompt, guard)[0] for item in items]
     encodings = _encode(host, prompts, guard)
     blocks = decoder_blocks(host.model, guard.layer_template)
     all_layers = tuple(range(len(blocks) + 1))

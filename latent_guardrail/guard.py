@@ -37,7 +37,7 @@ from .extend import DEFAULT_CATEGORY_FPR, Extension, extend_fitted, plan_extensi
 from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
-from .normalize import normalize_prompt
+from .normalize import close_sentence, normalize_prompt
 from .policy import CategoryPolicy, Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .segments import sentence_groups, typed_turns
@@ -52,11 +52,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GUARD = "default"
 _THRESHOLD_POLICY = ThresholdPolicy()
-_DEFAULT_GUARD_VERSION = "2"
+_DEFAULT_GUARD_VERSION = "3"
 DEFAULT_RECIPE = CalibrationSettings(mode="pooled", augment=1, target_fpr=0.15)
 """How the default guard is fitted on the bundled sets (threshold at 15 % held-out-family false positives)."""
-DEFAULT_GUARD_SETTINGS = GuardSettings(case_fold=True)
-"""The default guard's check settings: normalised and case-folded text (mixed case reads like lower case)."""
+DEFAULT_GUARD_SETTINGS = GuardSettings(case_fold=True, close_sentences=True)
+"""The default guard's check settings: normalised, case-folded text (mixed case reads like lower case) whose last
+sentence is closed (a missing final stop reads like a present one)."""
 
 
 def _as_host(host: Host | str | os.PathLike[str] | None) -> Host:
@@ -247,24 +248,26 @@ class LatentGuard:
         return self.fitted.scorer.categories
 
     # ------------------------------------------------------------------ checking
-    def encode(self, prompt: Prompt, *, normalize: bool | None = None, case_fold: bool | None = None
-               ) -> PromptEncoding:
-        """Render and tokenize one prompt with this guard's system prompt and limits.
+    def encode(self, prompt: Prompt, *, normalize: bool | None = None, case_fold: bool | None = None,
+               close: bool | None = None) -> PromptEncoding:
+        """Validate, template and tokenize ``prompt`` (no model work).
 
         With ``normalize`` (default: ``settings.normalize``) every user message is normalised first
         (:func:`latent_guardrail.normalize.normalize_text`, case-folded when ``case_fold``, default
-        ``settings.case_fold``); ``encoding.normalized`` says whether that changed it.
+        ``settings.case_fold``, its last sentence closed when ``close``, default ``settings.close_sentences``);
+        ``encoding.normalized`` says whether that changed it.
         """
-        judged, changed = self._judged(prompt, normalize, case_fold)
+        judged, changed = self._judged(prompt, normalize, case_fold, close)
         return self._encode_judged(judged, changed)
 
-    def _judged(self, prompt: Prompt, normalize: bool | None = None, case_fold: bool | None = None
-                ) -> tuple[Prompt, bool]:
+    def _judged(self, prompt: Prompt, normalize: bool | None = None, case_fold: bool | None = None,
+                close: bool | None = None) -> tuple[Prompt, bool]:
         """The prompt as judged (normalised when ``normalize``, default ``settings.normalize``) and whether
         normalising changed it."""
         if not (self.settings.normalize if normalize is None else normalize):
             return prompt, False
-        return normalize_prompt(prompt, case_fold=self.settings.case_fold if case_fold is None else case_fold)
+        return normalize_prompt(prompt, case_fold=self.settings.case_fold if case_fold is None else case_fold,
+                                close=self.settings.close_sentences if close is None else close)
 
     def _encode_judged(self, judged: Prompt, changed: bool) -> PromptEncoding:
         encoding = self._encode_limited(judged)
@@ -401,7 +404,9 @@ class LatentGuard:
                 pieces += groups if len(groups) > 1 else []
             for piece in pieces:
                 try:
-                    out.append((message, piece.start, self.encode(content[piece.start:piece.end], normalize=False)))
+                    text = content[piece.start:piece.end]
+                    text = close_sentence(text) if self.settings.normalize and self.settings.close_sentences else text
+                    out.append((message, piece.start, self.encode(text, normalize=False)))
                 except InputError:
                     continue
         return out

@@ -11,8 +11,9 @@ Normalisation (``GuardSettings.normalize``): the host answers the text **as type
 typed text. When normalising changes it (zero-width or control characters, look-alike letters, full-width
 forms), the guard also judges the normalised text in one more pass and blocks if either verdict blocks; the
 verdict returned is the normalised one (``verdict.normalized``). Case folding (``case_fold``, on for the
-default guard) is not applied here: the typed text's own prefill judges it, so ordinary text still costs
-exactly one prefill — scores can differ slightly from :meth:`LatentGuard.check` on text with capitals.
+default guard) and the closing full stop (``close_sentences``, on for the default guard) are not applied here:
+the typed text's own prefill judges it, so ordinary text still costs exactly one prefill — scores can differ
+slightly from :meth:`LatentGuard.check` on text with capitals or without a final stop.
 
 Typical use::
 
@@ -185,8 +186,8 @@ def guarded_stream(
     if on_block == "steer":
         _steering_for(guard)  # no refusal direction or a bad steer_layer: fail before any model work
     encoding = guard.encode(prompt, normalize=False)  # InputError for bad prompts, before any model work
-    # case folding alone never costs a second pass: the prefill of the typed text judges it
-    judged = guard.encode(prompt, case_fold=False) if guard.settings.normalize else encoding
+    # case folding or a closing full stop alone never costs a second pass: the prefill of the typed text judges it
+    judged = guard.encode(prompt, case_fold=False, close=False) if guard.settings.normalize else encoding
     host = guard.host
     with host.lock:
         verdict, logits, cache = _prefill(guard, encoding)

@@ -5,10 +5,13 @@
 1. Unicode NFKC (full-width letters, ligatures, compatibility forms → their plain form);
 2. removal of zero-width and invisible format characters (U+200B–U+200F, U+2060–U+2064, U+FEFF, U+00AD, …)
    and of control characters other than tab, line feed and carriage return;
-3. confusable folding: inside a word that mixes Latin letters with Cyrillic or Greek look-alikes
+3. optionally, case folding (``str.casefold``);
+4. confusable folding: inside a word that mixes Latin letters with Cyrillic or Greek look-alikes
    ("pаssword" with a Cyrillic а), the look-alikes become the Latin letters they imitate; words written
    wholly in Cyrillic or Greek are left alone;
-4. optionally, case folding (``str.casefold``).
+5. optionally, closing the last sentence: a text that ends in a letter or digit (trailing spaces aside) gets a
+   full stop, so "write a poem about the sea" is read like "write a poem about the sea." — the guard reads
+   states at sentence and clause ends, and a missing final stop is incidental wording.
 
 The guard judges the normalised text; ``verdict.normalized`` says whether it differed from the text as typed.
 Pure string logic: no tokenizer, no model.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Normalized", "CONFUSABLES", "normalize_prompt", "normalize_text"]
+__all__ = ["Normalized", "CONFUSABLES", "close_sentence", "normalize_for", "normalize_prompt", "normalize_text"]
 
 CONFUSABLES: Mapping[str, str] = MappingProxyType({
     # Cyrillic lower case
@@ -68,7 +71,14 @@ def _fold_word(match: re.Match[str]) -> str:
     return "".join(CONFUSABLES.get(char, char) for char in word)
 
 
-def normalize_text(text: str, *, case_fold: bool = False) -> Normalized:
+def close_sentence(text: str) -> str:
+    """``text`` with a full stop after its last character when that is a letter or digit (trailing white space
+    removed first); otherwise unchanged. Offsets into the result are offsets into ``text``."""
+    stripped = text.rstrip()
+    return stripped + "." if stripped and stripped[-1].isalnum() else text
+
+
+def normalize_text(text: str, *, case_fold: bool = False, close: bool = False) -> Normalized:
     """The text as the guard judges it (see the module docstring) and whether it changed.
 
     Idempotent: normalising the result again changes nothing.
@@ -77,19 +87,21 @@ def normalize_text(text: str, *, case_fold: bool = False) -> Normalized:
     out = _INVISIBLE.sub("", out)
     if any(_is_control(char) for char in out):
         out = "".join(char for char in out if not _is_control(char))
+    if case_fold:  # before confusable folding: case folding can itself make look-alikes ("ͅ" → "ι")
+        out = unicodedata.normalize("NFKC", out.casefold())
     out = _WORD.sub(_fold_word, out)
-    if case_fold:
-        out = out.casefold()
     out = unicodedata.normalize("NFKC", out)
+    if close:
+        out = close_sentence(out)
     return Normalized(out, out != text)
 
 
-def normalize_prompt(prompt: Any, *, case_fold: bool = False) -> tuple[Any, bool]:
+def normalize_prompt(prompt: Any, *, case_fold: bool = False, close: bool = False) -> tuple[Any, bool]:
     """A prompt (a string or chat messages) with every user message's content normalised, and whether anything
     changed. Other roles, and anything that is not a string or a list of role/content mappings, pass unchanged
     (the prompt's own validation reports them)."""
     if isinstance(prompt, str):
-        result = normalize_text(prompt, case_fold=case_fold)
+        result = normalize_text(prompt, case_fold=case_fold, close=close)
         return result.text, result.changed
     if not isinstance(prompt, Sequence) or isinstance(prompt, bytes | bytearray):
         return prompt, False
@@ -97,9 +109,20 @@ def normalize_prompt(prompt: Any, *, case_fold: bool = False) -> tuple[Any, bool
     out: list[Any] = []
     for message in prompt:
         if isinstance(message, Mapping) and message.get("role") == "user" and isinstance(message.get("content"), str):
-            result = normalize_text(message["content"], case_fold=case_fold)
+            result = normalize_text(message["content"], case_fold=case_fold, close=close)
             changed |= result.changed
             out.append({**message, "content": result.text} if result.changed else message)
         else:
             out.append(message)
     return (out, True) if changed else (prompt, False)
+
+
+def normalize_for(prompt: Any, settings: Any, *, case_fold: bool | None = None, close: bool | None = None
+                  ) -> tuple[Any, bool]:
+    """``prompt`` as a guard with ``settings`` (a :class:`~latent_guardrail.settings.GuardSettings`) judges it, and
+    whether that changed it: unchanged when ``settings.normalize`` is off, else :func:`normalize_prompt` with the
+    settings' ``case_fold`` and ``close_sentences`` (or the ones given)."""
+    if not settings.normalize:
+        return prompt, False
+    return normalize_prompt(prompt, case_fold=settings.case_fold if case_fold is None else case_fold,
+                            close=settings.close_sentences if close is None else close)

@@ -60,6 +60,9 @@ class GuardSettings(BaseModel):
         default=True, description="Judge the user's text after NFKC, removal of zero-width/control characters and "
                                   "confusable folding (verdict.normalized says when it changed anything).")
     case_fold: bool = Field(default=False, description="Also case-fold the text before judging it.")
+    close_sentences: bool = Field(
+        default=False, description="Also end a user message (and each piece judged alone) that stops on a letter or "
+                                   "digit with a full stop before judging it: the guard reads sentence-end states.")
     typed_turns: bool = Field(
         default=True, description="A user message that types a conversation (chat-template markers, 'User:' / "
                                   "'Assistant:' lines) also has each typed user piece judged alone; the verdict is "

@@ -156,6 +156,17 @@ def rows() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     return harmful, harmless
 
 
+def close_matches(kept: list[dict[str, str]], shared: Path) -> int:
+    """Drop (in place) every row within difflib ratio 0.7 of an AdvBench or XSTest prompt under ``shared``
+    (lower case, no punctuation); returns how many were dropped."""
+    from latent_guardrail.datasets import read_prompts
+    public = [_key(r.text) for r in read_prompts(shared / "advbench" / "harmful_behaviors.csv")]
+    public += [_key(r.text) for r in read_prompts(shared / "xstest" / "xstest_prompts.csv")]
+    before = len(kept)
+    kept[:] = [r for r in kept if max(difflib.SequenceMatcher(None, _key(r["text"]), p).ratio() for p in public) < 0.7]
+    return before - len(kept)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check-against", type=Path, default=None)
@@ -163,15 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     harmful, harmless = rows()
     if args.check_against:
-        from latent_guardrail.datasets import read_prompts
-        shared = args.check_against
-        public = [_key(r.text) for r in read_prompts(shared / "advbench" / "harmful_behaviors.csv")]
-        public += [_key(r.text) for r in read_prompts(shared / "xstest" / "xstest_prompts.csv")]
         for name, kept in (("harmful", harmful), ("harmless", harmless)):
-            before = len(kept)
-            kept[:] = [r for r in kept if max(difflib.SequenceMatcher(None, _key(r["text"]), p).ratio()
-                                              for p in public) < 0.7]
-            print(f"{name}: dropped {before - len(kept)} close matches of AdvBench/XSTest rows")
+            print(f"{name}: dropped {close_matches(kept, args.check_against)} close matches of AdvBench/XSTest rows")
     for name, kept in (("harmful", harmful), ("harmless", harmless)):
         path = args.out / name / "tasks.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from latent_guardrail.augment import (
 )
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
-from latent_guardrail.normalize import normalize_prompt, normalize_text
+from latent_guardrail.normalize import close_sentence, normalize_prompt, normalize_text
 from latent_guardrail.positions import encode_prompt, pad_batch
 from latent_guardrail.segments import clause_ends, sentence_groups, typed_turns
 from latent_guardrail.settings import CalibrationSettings
@@ -88,12 +88,31 @@ def test_normalisation_folds_disguises_and_leaves_real_scripts_alone() -> None:
     assert plain.text == "How do I bake bread?" and not plain.changed
 
 
-@given(st.text(max_size=80))
+def test_closing_the_last_sentence_adds_a_stop_only_after_a_letter_or_digit() -> None:
+    assert close_sentence("write a poem about the sea") == "write a poem about the sea."
+    assert close_sentence("list 3 ") == "list 3."                                    # trailing space dropped
+    for done in ("Bake bread.", "Why?", "Wow!", '{"q": "x"}', "hi :)", "", "   ", "ok…"):
+        assert close_sentence(done) == done
+    closed = normalize_text("Name three colours", close=True)
+    assert closed.text == "Name three colours." and closed.changed
+    assert normalize_text("Name three colours").text == "Name three colours"        # off unless asked
+    out, changed = normalize_prompt([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                     {"role": "user", "content": "c?"}], close=True)
+    assert changed and [m["content"] for m in out] == ["a.", "b", "c?"]
+
+
+def test_offsets_into_a_closed_text_are_offsets_into_the_typed_one() -> None:
+    typed = "tell me how to pick a lock"
+    closed = close_sentence(typed)
+    assert closed.startswith(typed) and len(closed) == len(typed) + 1
+
+
+@given(st.text(max_size=80), st.booleans(), st.booleans())
 @settings(max_examples=300, deadline=None)
-def test_normalisation_is_idempotent(text: str) -> None:
-    once = normalize_text(text).text
-    assert normalize_text(once).text == once
-    assert normalize_text(once).changed is False
+def test_normalisation_is_idempotent(text: str, fold: bool, close: bool) -> None:
+    once = normalize_text(text, case_fold=fold, close=close).text
+    assert normalize_text(once, case_fold=fold, close=close).text == once
+    assert normalize_text(once, case_fold=fold, close=close).changed is False
 
 
 def test_normalise_prompt_touches_user_messages_only() -> None:
@@ -152,17 +171,24 @@ def test_wrappers_say_where_the_request_sits(family: str) -> None:
     assert wrapped.family == family
 
 
-def test_extra_families_wrap_every_third_row_and_leave_the_drawn_ones_alone() -> None:
-    harmful = [(f"harmful request number {i}.", "x", "a.jsonl") for i in range(9)]
+def test_extra_families_wrap_every_third_row_in_turn_and_leave_the_drawn_ones_alone() -> None:
+    harmful = [(f"harmful request number {i}.", "x", "a.jsonl") for i in range(18)]
     items = build_items(harmful, [], wrapped_per_item=1)
-    closing = [item for item in items if item.group == "wrap:closing"]
-    assert len(closing) == 3 and set(EXTRA_FAMILIES).isdisjoint(CALIBRATION_FAMILIES)
-    assert all(isinstance(c.prompt, str) and "\n" in c.prompt and c.request_text and
-               c.prompt.startswith(c.request_text) for c in closing)
-    drawn = [item for item in items if item.group.startswith("wrap:") and item.group != "wrap:closing"]
-    assert [i.group for i in drawn] == [f"wrap:{families_for(k, 0, 1)[0]}" for k in range(9)]
+    extra_groups = {f"wrap:{name}" for name in EXTRA_FAMILIES}
+    extras = [item for item in items if item.group in extra_groups]
+    assert set(EXTRA_FAMILIES).isdisjoint(CALIBRATION_FAMILIES)
+    # rows 0, 3, 6, ... get one extra copy each, the extra families taking turns
+    assert [i.group for i in extras] == [f"wrap:{EXTRA_FAMILIES[k % len(EXTRA_FAMILIES)]}" for k in range(6)]
+    for item in extras:
+        assert isinstance(item.prompt, str) and item.request_text and item.request is not None
+        assert item.prompt[item.request.start:item.request.end] == item.request_text
+    closing = [item for item in extras if item.group == "wrap:closing"]
+    assert closing and all("\n" in c.prompt and c.prompt.startswith(c.request_text or "") for c in closing)
+    drawn = [item for item in items if item.group.startswith("wrap:") and item.group not in extra_groups]
+    assert [i.group for i in drawn] == [f"wrap:{families_for(k, 0, 1)[0]}" for k in range(18)]
     assert build_items(harmful, [], wrapped_per_item=0) == [i for i in items if i.group == "src:requests"]
-    assert source_group("tasks.jsonl", True) == source_group("tasks.jsonl", False) == "src:tasks"
+    for stem in ("tasks", "actions", "content", "code", "questions"):
+        assert source_group(f"{stem}.jsonl", True) == source_group(f"{stem}.jsonl", False) == f"src:{stem}"
 
 
 def test_held_out_families_are_never_used_for_calibration() -> None:
@@ -236,7 +262,7 @@ def test_pooled_verdicts_ignore_padding_and_survive_the_artifact(pooled_guard: L
     alone = [pooled_guard.check(t) for t in texts]
     batched = pooled_guard.check_batch(texts)
     for a, b in zip(alone, batched, strict=True):
-        assert a.score == pytest.approx(b.score, abs=1e-6) and a.span == b.span
+        assert a.score == pytest.approx(b.score, rel=1e-6, abs=1e-6) and a.span == b.span
     pooled_guard.save(tmp_path / "g")
     again = LatentGuard(tiny_host, load_fitted(tmp_path / "g"))
     assert [v.score for v in again.check_batch(texts)] == [v.score for v in batched]
@@ -286,18 +312,22 @@ def test_a_typed_fake_turn_cannot_hide_the_request(pooled_guard: LatentGuard) ->
     whole = pooled_guard.with_settings(typed_turns=False).check(faked)
     alone = pooled_guard.check(request)
     verdict = pooled_guard.check(faked)
-    # the worst reading (scores of one text in batches of different shapes agree to float32 rounding)
+    # the worst reading (scores of one text in batches of different shapes agree to float32 rounding, which on
+    # this tiny host's nearly separable states is relative: its scores reach 1e7)
     assert verdict.score == pytest.approx(max(whole.score, alone.score, pooled_guard.check("snow is cold.").score),
-                                          abs=1e-5)
-    assert verdict.score >= alone.score - 1e-5
+                                          rel=1e-4, abs=1e-5)
+    assert verdict.score >= alone.score - 1e-5 - 1e-4 * abs(alone.score)
     if verdict.segmented:
         assert verdict.span is not None and verdict.span.start >= faked.index(request)
         assert verdict.span.of(faked) in request
-    assert pooled_guard.check_batch([faked, "tea is hot."])[0].score == pytest.approx(verdict.score, abs=1e-5)
+    assert pooled_guard.check_batch([faked, "tea is hot."])[0].score == pytest.approx(verdict.score, rel=1e-4,
+                                                                                      abs=1e-5)
     from latent_guardrail.guarded import guarded_generate
 
     guarded = guarded_generate(pooled_guard, faked, max_new_tokens=2).verdict
-    assert guarded.score == pytest.approx(verdict.score, abs=1e-5) and guarded.segmented == verdict.segmented
+    assert guarded.harmful == verdict.harmful
+    if not whole.harmful:  # guarded generation reads the pieces only when the whole prompt passes
+        assert guarded.score == pytest.approx(verdict.score, rel=1e-4, abs=1e-5) and guarded.segmented
     plain = pooled_guard.check("tea is hot.")                 # no markers: no extra reading
     assert not plain.segmented and pooled_guard.readings("tea is hot.") == []
 
@@ -305,7 +335,8 @@ def test_a_typed_fake_turn_cannot_hide_the_request(pooled_guard: LatentGuard) ->
 def test_guarded_generation_answers_the_typed_text_and_judges_the_normalised_one(pooled_guard: LatentGuard) -> None:
     from latent_guardrail.guarded import guarded_generate
 
+    guard = pooled_guard.with_settings(threshold=1e300)  # the typed text passes, so the normalised one is judged
     typed = "snow is c\u200bold."
-    result = guarded_generate(pooled_guard, typed, max_new_tokens=3)
-    assert result.verdict.normalized
-    assert result.verdict.score == pooled_guard.check("snow is cold.").score
+    result = guarded_generate(guard, typed, max_new_tokens=3)
+    assert result.verdict.normalized and not result.blocked
+    assert result.verdict.score == guard.check("snow is cold.").score
