@@ -44,10 +44,10 @@ from .layers import decoder_blocks
 from .metrics import auroc, threshold_at_fpr
 from .normalize import normalize_prompt
 from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores
-from .positions import Prompt, encode_batch
+from .positions import Prompt, PromptEncoding, encode_batch
 from .scorers import scorer_from_artifact
 from .settings import CalibrationSettings
-from .state_cache import StateCache, cached_end_states
+from .state_cache import StateCache, cached_end_states, encoding_identity
 from .views import MAX_CLAUSE_ENDS
 
 __all__ = ["CategoryStats", "Extension", "base_items", "extend_fitted", "fit_window", "plan_extension",
@@ -353,26 +353,52 @@ def fit_window(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups
     return scorer, logit, report
 
 
-def _category_directions(states: torch.Tensor, positive: np.ndarray, negative: np.ndarray, gamma: float,
-                         fold: np.ndarray | None = None, folds: int = 1
-                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per fold left out (or once, on everything, when ``fold`` is None): the category's directions and midpoints
-    ``(layers, d)`` from its positive rows (class 1) against the negative rows (class 0), shrinkage γ."""
-    mask = positive | negative
-    label = positive[mask].astype(int)
-    group = np.zeros(int(mask.sum()), dtype=int) if fold is None else fold[mask]
-    per_layer = [_ClassSums(states[torch.from_numpy(mask), j].to(_F64), label, group, 1 if fold is None else folds)
-                 for j in range(states.shape[1])]
-    out = []
-    for without in ([None] if fold is None else list(range(folds))):
-        pairs = [s.directions([gamma], without) for s in per_layer]
-        out.append((torch.stack([p[0][0] for p in pairs]), torch.stack([p[1] for p in pairs])))
-    return out
+class _CategorySums:
+    """What every category's fit shares, computed once: the float64 states ``(R, layers, d)`` and the negative
+    rows' count, sums and scatter per layer, in total and per fold (``fold`` ``(R,)`` of ``folds``)."""
+
+    def __init__(self, states: torch.Tensor, negative: np.ndarray, fold: np.ndarray, folds: int) -> None:
+        self.x = states.to(_F64)
+        self.fold, self.folds = fold, folds
+        self.negative = self._sums(negative)
+
+    def _sums(self, rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Count ``(folds,)``, sums ``(folds, layers, d)`` and scatter ``(folds, layers, d, d)`` of ``rows``."""
+        layers, d = self.x.shape[1], self.x.shape[2]
+        count = np.zeros(self.folds)
+        sums = torch.zeros(self.folds, layers, d, dtype=_F64)
+        scatter = torch.zeros(self.folds, layers, d, d, dtype=_F64)
+        for f in range(self.folds):
+            chosen = self.x[torch.from_numpy(rows & (self.fold == f))]           # (n, layers, d)
+            count[f] = chosen.shape[0]
+            if chosen.shape[0]:
+                sums[f] = chosen.sum(0)
+                scatter[f] = torch.einsum("nld,nle->lde", chosen, chosen)
+        return count, sums, scatter
+
+    def directions(self, positive: np.ndarray, gamma: float, *, folds: bool
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Directions and midpoints ``(layers, d)`` of the positive rows (class 1) against the negative rows
+        (class 0): once on everything, or (``folds``) once per fold left out."""
+        pos = self._sums(positive)
+        out = []
+        for without in (list(range(self.folds)) if folds else [None]):
+            pairs = []
+            for j in range(self.x.shape[1]):
+                sums = _ClassSums.__new__(_ClassSums)
+                count = np.stack([self.negative[0], pos[0]], axis=1)              # (folds, 2)
+                sums.count = count
+                sums.sums = torch.stack([self.negative[1][:, j], pos[1][:, j]], dim=1)
+                sums.scatter = torch.stack([self.negative[2][:, j], pos[2][:, j]], dim=1)
+                sums.total = (count.sum(0), sums.sums.sum(0), sums.scatter.sum(0))
+                pairs.append(sums.directions([gamma], without))
+            out.append((torch.stack([p[0][0] for p in pairs]), torch.stack([p[1] for p in pairs])))
+        return out
 
 
 def _z(states: torch.Tensor, directions: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of ``(h − m) · w`` for rows ``(R, layers, d)``: ``(R,)``."""
-    return ((states.to(_F64) - midpoints) * directions).sum(-1).mean(-1)
+    """Mean over layers of ``(h − m) · w`` for rows ``(R, layers, d)``: ``(R,)`` (no ``(R, layers, d)`` temporary)."""
+    return (torch.einsum("rld,ld->rl", states.to(_F64), directions) - (midpoints * directions).sum(-1)).mean(-1)
 
 
 def _fold_of(groups: np.ndarray, folds: int) -> np.ndarray:
@@ -407,13 +433,17 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
             raise InputError(f"the guard was fitted for {base.num_blocks} decoder blocks; the host has {blocks}")
         prompts = [normalize_prompt(item.prompt, case_fold=guard.case_fold)[0] if guard.normalize else item.prompt
                    for item in items]
-        encodings = encode_batch(host.tokenizer, prompts, system_prompt=guard.system_prompt,
-                                 max_tokens=guard.max_tokens or host.max_positions)
+
+        def encode(chosen: Sequence[Prompt]) -> list[PromptEncoding]:
+            return encode_batch(host.tokenizer, chosen, system_prompt=guard.system_prompt,
+                                max_tokens=guard.max_tokens or host.max_positions)
+
         layers = base.scorer.layers
-        states, prompt_of, end_of = cached_end_states(
-            host.model, encodings, layers, cache=cache, fingerprint=base.fingerprint,
-            pad_token_id=host.tokenizer.pad_token_id, batch_size=guard.batch_size, layer_template=base.layer_template,
-            max_ends=MAX_CLAUSE_ENDS, progress="reading clause ends" if progress else False)
+        states, prompt_of, end_of, encodings = cached_end_states(
+            host.model, prompts, layers, encode=encode, cache=cache,
+            identity=encoding_identity(base.fingerprint, guard), pad_token_id=host.tokenizer.pad_token_id,
+            batch_size=guard.batch_size, layer_template=base.layer_template, max_ends=MAX_CLAUSE_ENDS,
+            progress="reading clause ends" if progress else False)
     read = time.perf_counter()
     per_item = [end_labels(item, encoding) for item, encoding in zip(items, encodings, strict=True)]
     prompt_np, end_np = prompt_of.numpy(), end_of.numpy()
@@ -476,13 +506,14 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, items: Sequence[Calib
     gamma = overall.shrinkage
     n_items = len(items)
     slot = overall.slot_scores(states.unsqueeze(1)).mean(-1)[:, 0].numpy()       # (R,) overall row scores
+    order = np.lexsort((-slot, ends.prompt))                                     # by prompt, best row first
+    first = np.ones(order.shape[0], dtype=bool)
+    first[1:] = ends.prompt[order][1:] != ends.prompt[order][:-1]
     decisive = np.full(n_items, -1)
-    best = np.full(n_items, -np.inf)
-    for row, (p, value) in enumerate(zip(ends.prompt, slot, strict=True)):
-        if value > best[p]:
-            best[p], decisive[p] = value, row
+    decisive[ends.prompt[order][first]] = order[first]                            # the decisive end per prompt
     cats = np.array([item.category or "" if item.harmful else "" for item in items], dtype=object)
     fold_rows = _fold_of(groups, _FOLDS)[ends.prompt]
+    shared = _CategorySums(states, negative, fold_rows, _FOLDS)
     names, dirs, mids, cals = [], [], [], []
     own: dict[str, float] = {}
     stats: dict[str, CategoryStats] = {}
@@ -494,9 +525,9 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, items: Sequence[Calib
         n_plain = sum(1 for i in np.flatnonzero(members).tolist() if items[i].group.startswith("src:"))
         if positive.sum() < 2:
             continue
-        [(cdir, cmid)] = _category_directions(states, positive, negative, gamma)
+        [(cdir, cmid)] = shared.directions(positive, gamma, folds=False)
         mask = positive | negative
-        a, b = _platt(_z(states[torch.from_numpy(mask)], cdir, cmid).numpy(), positive[mask].astype(float))
+        a, b = _platt(_z(shared.x[torch.from_numpy(mask)], cdir, cmid).numpy(), positive[mask].astype(float))
         names.append(name)
         dirs.append(cdir)
         mids.append(cmid)
@@ -507,10 +538,10 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, items: Sequence[Calib
                                         detected=overall_rate)
             continue
         oof_rows = np.zeros(states.shape[0])
-        for f, (fdir, fmid) in enumerate(_category_directions(states, positive, negative, gamma, fold_rows, _FOLDS)):
+        for f, (fdir, fmid) in enumerate(shared.directions(positive, gamma, folds=True)):
             test = fold_rows == f
             if test.any():
-                oof_rows[test] = _z(states[torch.from_numpy(test)], fdir, fmid).numpy()
+                oof_rows[test] = _z(shared.x[torch.from_numpy(test)], fdir, fmid).numpy()
         scores = a * oof_rows[decisive] + b                                  # (items,) at each decisive end
         harmless = labels == 0
         own_threshold = max(0.0, threshold_at_fpr(scores[harmless], category_fpr))

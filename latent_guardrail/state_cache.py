@@ -3,10 +3,15 @@
 Extending a guard (:mod:`latent_guardrail.extend`) refits on the base guard's calibration prompts plus the new
 ones; reading the base prompts' states again would take minutes on a CPU, so the states at every clause end are
 kept here the first time they are read. An entry holds one prompt's clause-end states ``(ends, layers, d)``
-(float32) and is keyed by a SHA-256 of everything that decides them (:func:`state_key`): the host fingerprint
-(weights, tokenizer, chat template, system prompt), the layer template and layers, the view, the most ends
-kept, and the prompt as the host reads it (its token ids and clause-end positions, so normalisation, case
-folding and the chat template are part of the key). A changed prompt, host or layer set is simply another key.
+(float32) and the prompt's encoding (token ids, clause ends; JSON in the file's metadata), and is keyed by a
+SHA-256 of everything that decides them (:func:`state_key`): an identity (the host fingerprint — weights,
+tokenizer, chat template, system prompt — and the guard settings that shape the encoding), the layer template
+and layers, the view, the most ends kept, and the text as judged (normalised). A changed text, host, setting or
+layer set is simply another key; a hit needs neither the model nor the tokenizer.
+
+- **Stale encodings**: each lookup re-encodes a few hits (``check``) and compares them with the stored
+  encodings; when one differs (the encoding code changed), every hit is re-encoded and those that differ are
+  read again (with a :class:`StateCacheWarning`).
 
 - **Layout**: ``<root>/<first two hex digits>/<key>.safetensors``; root ``cache_root()/states`` by default
   (``$LATENT_GUARDRAIL_CACHE``), or the folder given.
@@ -27,7 +32,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +43,13 @@ from safetensors.torch import save_file
 
 from .activations import extract_end_states
 from .hosts import cache_root
-from .positions import PromptEncoding
+from .positions import Prompt, PromptEncoding
+from .settings import GuardSettings
 
-__all__ = ["CacheStats", "StateCache", "StateCacheWarning", "cached_end_states", "state_key",
+__all__ = ["CacheStats", "StateCache", "StateCacheWarning", "cached_end_states", "encoding_identity", "state_key",
            "DEFAULT_MAX_BYTES", "FORMAT"]
 
-FORMAT = "latent-guardrail/states/1"
+FORMAT = "latent-guardrail/states/2"
 DEFAULT_MAX_BYTES = 2048 * 1024 * 1024
 _SUFFIX = ".safetensors"
 
@@ -52,16 +58,28 @@ class StateCacheWarning(UserWarning):
     """A cache entry could not be used (corrupt or mismatched) and was recomputed."""
 
 
-def state_key(fingerprint: str, layer_template: str | None, layers: Sequence[int], view: str,
-              max_ends: int | None, encoding: PromptEncoding) -> str:
-    """The content address of one prompt's states: SHA-256 hex of the host, layers, view and prompt read."""
+def state_key(identity: str, layer_template: str | None, layers: Sequence[int], view: str, max_ends: int | None,
+              prompt: Prompt) -> str:
+    """The content address of one prompt's states: SHA-256 hex of the identity (host and encoding settings,
+    :func:`encoding_identity`), layers, view and the text as judged."""
     digest = hashlib.sha256(FORMAT.encode())
-    head = {"fingerprint": fingerprint, "layer_template": layer_template, "layers": [int(x) for x in layers],
+    head = {"identity": identity, "layer_template": layer_template, "layers": [int(x) for x in layers],
             "view": view, "max_ends": max_ends}
     digest.update(json.dumps(head, sort_keys=True).encode())
-    digest.update(b"\0ids:" + ",".join(map(str, encoding.input_ids)).encode())
-    digest.update(b"\0ends:" + ",".join(map(str, encoding.ends)).encode())
+    digest.update(b"\0prompt:" + json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+_DECISION_ONLY = {"threshold", "category_policy", "category_thresholds", "on_error", "on_overflow", "batch_size",
+                  "steer_layer", "steer_coeff", "steer_fallback"}
+
+
+def encoding_identity(fingerprint: str, settings: GuardSettings) -> str:
+    """What besides the text decides a prompt's encoding and states: the host fingerprint and every guard setting
+    that is not only about decisions (a setting added later counts until listed as decision-only)."""
+    shaping = settings.model_dump(mode="json", exclude=_DECISION_ONLY)
+    return hashlib.sha256(json.dumps({"fingerprint": fingerprint, "settings": shaping}, sort_keys=True).encode()
+                          ).hexdigest()
 
 
 @dataclass
@@ -94,9 +112,11 @@ class StateCache:
             raise ValueError(f"a state key is 64 lower-case hex digits, got {key!r}")
         return self.root / key[:2] / f"{key}{_SUFFIX}"
 
-    def get(self, key: str, *, width: int | None = None, layers: int | None = None) -> torch.Tensor | None:
-        """The states stored under ``key`` ``(ends, layers, d)``, or None (a miss; a corrupt entry is deleted
-        with a :class:`StateCacheWarning`). ``width``/``layers``: the shape expected along the first two axes."""
+    def get(self, key: str, *, layers: int | None = None, max_ends: int | None = None
+            ) -> tuple[torch.Tensor, PromptEncoding] | None:
+        """The states ``(ends, layers, d)`` and the encoding stored under ``key``, or None (a miss; a corrupt entry
+        is deleted with a :class:`StateCacheWarning`). ``layers``: the layer count expected; ``max_ends``: at most
+        this many ends were kept."""
         path = self.path(key)
         try:
             with open(path, "rb") as handle:
@@ -108,14 +128,15 @@ class StateCache:
             tensors = load_bytes(data)
             states = tensors.get("states")
             meta = _metadata(data)
+            encoding = PromptEncoding.model_validate_json(meta.get("encoding", "null"))
+            width = max(1, len(encoding.ends[-max_ends:] if max_ends else encoding.ends))
             if states is None or meta.get("key") != key or meta.get("format") != FORMAT:
                 problem = "its stored key or format does not match"
-            elif states.dim() != 3 or (width is not None and states.shape[0] != width) or \
-                    (layers is not None and states.shape[1] != layers):
+            elif states.dim() != 3 or states.shape[0] != width or (layers is not None and states.shape[1] != layers):
                 problem = f"its states have shape {tuple(states.shape)}"
             elif not bool(torch.isfinite(states).all()):
                 problem = "its states are not finite"
-        except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        except (SafetensorError, ValueError, RuntimeError, OSError, json.JSONDecodeError) as exc:
             problem = f"it cannot be read ({type(exc).__name__}: {exc})"
         if problem is not None:
             warnings.warn(f"state cache entry {path} is corrupt ({problem}); it is deleted and recomputed",
@@ -130,10 +151,10 @@ class StateCache:
             pass
         with self._lock:
             self.stats.hits += 1
-        return states
+        return states, encoding
 
-    def put(self, key: str, states: torch.Tensor) -> Path:
-        """Store ``states`` ``(ends, layers, d)`` under ``key`` (atomically; finite states only)."""
+    def put(self, key: str, states: torch.Tensor, encoding: PromptEncoding) -> Path:
+        """Store ``states`` ``(ends, layers, d)`` and ``encoding`` under ``key`` (atomically; finite states only)."""
         if states.dim() != 3:
             raise ValueError(f"states must be (ends, layers, d), got {tuple(states.shape)}")
         if not bool(torch.isfinite(states).all()):
@@ -144,7 +165,7 @@ class StateCache:
         os.close(handle)
         try:
             save_file({"states": states.detach().to("cpu", torch.float32).contiguous()}, tmp,
-                      metadata={"key": key, "format": FORMAT})
+                      metadata={"key": key, "format": FORMAT, "encoding": encoding.model_dump_json()})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -204,35 +225,50 @@ def _metadata(data: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def cached_end_states(model: torch.nn.Module, encodings: Sequence[PromptEncoding], layers: Sequence[int], *,
-                      cache: StateCache | None, fingerprint: str, pad_token_id: int, batch_size: int = 16,
-                      layer_template: str | None = None, max_ends: int | None = None,
-                      progress: bool | str = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`~latent_guardrail.activations.extract_end_states` through ``cache``: prompts found there are not
-    read again, the others are read in batches and stored. ``cache=None`` reads everything.
+def cached_end_states(model: torch.nn.Module, prompts: Sequence[Prompt], layers: Sequence[int], *,
+                      encode: Callable[[Sequence[Prompt]], list[PromptEncoding]], cache: StateCache | None,
+                      identity: str, pad_token_id: int, batch_size: int = 16, layer_template: str | None = None,
+                      max_ends: int | None = None, progress: bool | str = False, check: int = 8
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[PromptEncoding]]:
+    """The clause-end states of ``prompts`` (texts as judged) through ``cache``: prompts found there are neither
+    encoded nor read again (``check`` of them are re-encoded to catch a changed encoding), the others are encoded
+    with ``encode``, read in batches and stored. ``cache=None`` encodes and reads everything.
 
     Returns:
-        ``states`` ``(rows, len(layers), d)`` float32, ``prompt`` ``(rows,)`` and ``end`` ``(rows,)``, as
-        :func:`~latent_guardrail.activations.extract_end_states` (rows in input order).
+        ``states`` ``(rows, len(layers), d)`` float32, ``prompt`` ``(rows,)``, ``end`` ``(rows,)`` as
+        :func:`~latent_guardrail.activations.extract_end_states` (rows in input order), and the encodings.
     """
-    if cache is None:
+    def read(encodings: list[PromptEncoding]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return extract_end_states(model, encodings, layers, pad_token_id=pad_token_id, batch_size=batch_size,
                                   layer_template=layer_template, max_ends=max_ends, progress=progress)
-    kept = [len(list(e.ends)[-max_ends:] if max_ends else list(e.ends)) or 1 for e in encodings]
-    keys = [state_key(fingerprint, layer_template, layers, "clause_ends", max_ends, e) for e in encodings]
-    found: list[torch.Tensor | None] = [cache.get(key, width=width, layers=len(layers))
-                                        for key, width in zip(keys, kept, strict=True)]
-    missing = [i for i, states in enumerate(found) if states is None]
+
+    if cache is None:
+        encodings = encode(prompts)
+        return (*read(encodings), encodings)
+    keys = [state_key(identity, layer_template, layers, "clause_ends", max_ends, p) for p in prompts]
+    found = [cache.get(key, layers=len(layers), max_ends=max_ends) for key in keys]
+    hits = [i for i, entry in enumerate(found) if entry is not None]
+    if hits and check > 0:
+        sample = hits[:: max(1, len(hits) // check)][:check]
+        if any(fresh != found[i][1] for i, fresh in zip(sample, encode([prompts[i] for i in sample]), strict=True)
+               if found[i] is not None):
+            warnings.warn("stored encodings differ from today's (the encoding changed): re-encoding the cached "
+                          "prompts and reading those that differ again", StateCacheWarning, stacklevel=2)
+            for i, fresh in zip(hits, encode([prompts[i] for i in hits]), strict=True):
+                entry = found[i]
+                if entry is not None and fresh != entry[1]:
+                    found[i] = None
+    missing = [i for i, entry in enumerate(found) if entry is None]
     if missing:
-        states, prompt, _ = extract_end_states(model, [encodings[i] for i in missing], layers,
-                                               pad_token_id=pad_token_id, batch_size=batch_size,
-                                               layer_template=layer_template, max_ends=max_ends, progress=progress)
-        for local, index in enumerate(missing):
+        new = encode([prompts[i] for i in missing])
+        states, prompt, _ = read(new)
+        for local, (index, encoding) in enumerate(zip(missing, new, strict=True)):
             rows = states[prompt == local]
-            found[index] = rows
-            cache.put(keys[index], rows)
+            found[index] = (rows, encoding)
+            cache.put(keys[index], rows, encoding)
         cache.prune()
-    parts = [s for s in found if s is not None]
-    prompt = torch.cat([torch.full((s.shape[0],), i, dtype=torch.long) for i, s in enumerate(parts)])
-    end = torch.cat([torch.arange(s.shape[0]) + (len(encodings[i].ends) - s.shape[0]) for i, s in enumerate(parts)])
-    return torch.cat(parts), prompt, end
+    parts = [entry for entry in found if entry is not None]
+    encodings = [encoding for _, encoding in parts]
+    prompt_of = torch.cat([torch.full((s.shape[0],), i, dtype=torch.long) for i, (s, _) in enumerate(parts)])
+    end_of = torch.cat([torch.arange(s.shape[0]) + (len(e.ends) - s.shape[0]) for s, e in parts])
+    return torch.cat([s for s, _ in parts]), prompt_of, end_of, encodings

@@ -17,98 +17,134 @@ from latent_guardrail import state_cache
 from latent_guardrail.activations import extract_end_states
 from latent_guardrail.hosts import Host
 from latent_guardrail.positions import encode_batch
-from latent_guardrail.state_cache import StateCache, StateCacheWarning, cached_end_states, state_key
+from latent_guardrail.settings import GuardSettings
+from latent_guardrail.state_cache import StateCache, StateCacheWarning, cached_end_states, encoding_identity, state_key
 from tests.support.models import HARMFUL, HARMLESS
+from tests.support.tokenizers import make_tokenizer
+
+ENCODING = encode_batch(make_tokenizer("chatml"), ["one clause"], system_prompt=None, max_tokens=None)[0]
 
 LAYERS = (1, 2, 3)
 
 
-def _encodings(host: Host, texts: list[str]):  # type: ignore[no-untyped-def]
-    return encode_batch(host.tokenizer, texts, system_prompt=None, max_tokens=None)
+def _encoder(host: Host, system_prompt: str | None = None):  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+
+    def encode(prompts):  # type: ignore[no-untyped-def]
+        calls.append(len(prompts))
+        return encode_batch(host.tokenizer, list(prompts), system_prompt=system_prompt, max_tokens=None)
+
+    encode.calls = calls  # type: ignore[attr-defined]
+    return encode
 
 
-def _read(host: Host, encodings, cache: StateCache | None):  # type: ignore[no-untyped-def]
-    return cached_end_states(host.model, encodings, LAYERS, cache=cache, fingerprint="fp",
-                             pad_token_id=host.tokenizer.pad_token_id, batch_size=4, max_ends=32)
+def _read(host: Host, prompts: list[str], cache: StateCache | None, encode=None):  # type: ignore[no-untyped-def]
+    return cached_end_states(host.model, prompts, LAYERS, encode=encode or _encoder(host), cache=cache,
+                             identity="id", pad_token_id=host.tokenizer.pad_token_id, batch_size=4, max_ends=32)
 
 
-def test_keys_change_with_everything_that_decides_the_states(tiny_host: Host) -> None:
-    a, b = _encodings(tiny_host, ["how do I bake bread", "how do I bake bread."])
-    key = state_key("fp", None, LAYERS, "clause_ends", 32, a)
-    assert key == state_key("fp", None, list(LAYERS), "clause_ends", 32, a)
-    others = {state_key("fp2", None, LAYERS, "clause_ends", 32, a), state_key("fp", "model.layers.{num}", LAYERS,
-              "clause_ends", 32, a), state_key("fp", None, (1, 2), "clause_ends", 32, a),
-              state_key("fp", None, LAYERS, "t_inst", 32, a), state_key("fp", None, LAYERS, "clause_ends", 8, a),
-              state_key("fp", None, LAYERS, "clause_ends", 32, b)}
-    assert key not in others and len(others) == 6
+def _fresh(host: Host, prompts: list[str]):  # type: ignore[no-untyped-def]
+    return extract_end_states(host.model, _encoder(host)(prompts), LAYERS, pad_token_id=host.tokenizer.pad_token_id,
+                              batch_size=4, max_ends=32)
+
+
+def test_keys_change_with_everything_that_decides_the_states() -> None:
+    key = state_key("id", None, LAYERS, "clause_ends", 32, "how do I bake bread")
+    assert key == state_key("id", None, list(LAYERS), "clause_ends", 32, "how do I bake bread")
+    others = {state_key("id2", None, LAYERS, "clause_ends", 32, "how do I bake bread"),
+              state_key("id", "model.layers.{num}", LAYERS, "clause_ends", 32, "how do I bake bread"),
+              state_key("id", None, (1, 2), "clause_ends", 32, "how do I bake bread"),
+              state_key("id", None, LAYERS, "t_inst", 32, "how do I bake bread"),
+              state_key("id", None, LAYERS, "clause_ends", 8, "how do I bake bread"),
+              state_key("id", None, LAYERS, "clause_ends", 32, "how do I bake bread."),
+              state_key("id", None, LAYERS, "clause_ends", 32, [{"role": "user", "content": "how do I bake bread"}])}
+    assert key not in others and len(others) == 7
+    base = GuardSettings()
+    same = {encoding_identity("fp", base), encoding_identity("fp", base.model_copy(update={
+        "threshold": 2.0, "category_thresholds": {"x": 1.0}, "category_policy": {"x": "allow"}, "batch_size": 3}))}
+    assert len(same) == 1                                   # decision-only settings do not change the states
+    assert len({encoding_identity("fp", base), encoding_identity("fp2", base),
+                encoding_identity("fp", base.model_copy(update={"system_prompt": "Be safe."})),
+                encoding_identity("fp", base.model_copy(update={"case_fold": True}))}) == 4
     with pytest.raises(ValueError, match="64 lower-case hex"):
         StateCache("unused").path("../../etc/passwd")
 
 
 def test_miss_then_hit_gives_the_same_states_without_a_forward_pass(tiny_host: Host, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    encodings = _encodings(tiny_host, [*HARMFUL[:5], "First sentence. Second one? Third!"])
-    fresh = extract_end_states(tiny_host.model, encodings, LAYERS, pad_token_id=tiny_host.tokenizer.pad_token_id,
-                               batch_size=4, max_ends=32)
+    prompts = [*HARMFUL[:5], "First sentence. Second one? Third!"]
+    fresh = _fresh(tiny_host, prompts)
     cache = StateCache(tmp_path)
-    first = _read(tiny_host, encodings, cache)
-    assert (cache.stats.hits, cache.stats.misses) == (0, len(encodings)) and len(cache.entries()) == len(encodings)
-    for got, want in zip(first, fresh, strict=True):
-        assert got.shape == want.shape
+    first = _read(tiny_host, prompts, cache)
+    assert (cache.stats.hits, cache.stats.misses) == (0, len(prompts)) and len(cache.entries()) == len(prompts)
     torch.testing.assert_close(first[0], fresh[0], atol=1e-5, rtol=1e-5)
     assert torch.equal(first[1], fresh[1]) and torch.equal(first[2], fresh[2])
+    assert first[3] == _encoder(tiny_host)(prompts)
 
     def no_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("a full hit must not run the model")
 
     monkeypatch.setattr(state_cache, "extract_end_states", no_forward)
     again = StateCache(tmp_path)
-    second = _read(tiny_host, encodings, again)
-    assert (again.stats.hits, again.stats.misses) == (len(encodings), 0)
-    assert all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
+    encode = _encoder(tiny_host)
+    second = _read(tiny_host, prompts, again, encode)
+    assert (again.stats.hits, again.stats.misses) == (len(prompts), 0)
+    assert all(torch.equal(x, y) for x, y in zip(first[:3], second[:3], strict=True)) and second[3] == first[3]
+    assert sum(encode.calls) <= 8                             # only the check sample was encoded
 
 
 def test_a_partial_hit_reads_only_the_missing_prompts(tiny_host: Host, tmp_path: Path) -> None:
     cache = StateCache(tmp_path)
-    _read(tiny_host, _encodings(tiny_host, HARMLESS[:4]), cache)
-    mixed = _encodings(tiny_host, [HARMLESS[0], HARMFUL[0], HARMLESS[1], HARMFUL[1]])
-    states, prompt, _ = _read(tiny_host, mixed, cache)
+    _read(tiny_host, HARMLESS[:4], cache)
+    mixed = [HARMLESS[0], HARMFUL[0], HARMLESS[1], HARMFUL[1]]
+    states, prompt, _, _ = _read(tiny_host, mixed, cache)
     assert (cache.stats.hits, cache.stats.misses) == (2, 6)
     assert prompt.tolist() == sorted(prompt.tolist()) and set(prompt.tolist()) == {0, 1, 2, 3}
-    fresh = extract_end_states(tiny_host.model, mixed, LAYERS, pad_token_id=tiny_host.tokenizer.pad_token_id,
-                               batch_size=4, max_ends=32)[0]
-    torch.testing.assert_close(states, fresh, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(states, _fresh(tiny_host, mixed)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_changed_encoding_is_caught_and_read_again(tiny_host: Host, tmp_path: Path) -> None:
+    cache = StateCache(tmp_path)
+    _read(tiny_host, HARMFUL[:4], cache)
+    changed = _encoder(tiny_host, system_prompt="You are careful.")     # as if the encoding code had changed
+    again = StateCache(tmp_path)
+    with pytest.warns(StateCacheWarning, match="encoding changed"):
+        states, _, _, encodings = _read(tiny_host, HARMFUL[:4], again, changed)
+    assert again.stats.misses == 4 and encodings == changed(HARMFUL[:4])
+    want = extract_end_states(tiny_host.model, encodings, LAYERS, pad_token_id=tiny_host.tokenizer.pad_token_id,
+                              batch_size=4, max_ends=32)[0]
+    torch.testing.assert_close(states, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_key", "wrong_shape"])
 def test_a_corrupt_entry_is_recomputed_with_a_warning(tiny_host: Host, tmp_path: Path, damage: str) -> None:
-    encodings = _encodings(tiny_host, HARMFUL[:3])
+    prompts = HARMFUL[:3]
     cache = StateCache(tmp_path)
-    good = _read(tiny_host, encodings, cache)[0]
-    key = state_key("fp", None, LAYERS, "clause_ends", 32, encodings[1])
+    good = _read(tiny_host, prompts, cache)[0]
+    key = state_key("id", None, LAYERS, "clause_ends", 32, prompts[1])
     path = cache.path(key)
     if damage == "garbage":
         path.write_bytes(b"not a safetensors file")
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:-50])
     elif damage == "wrong_key":
-        shutil.copyfile(cache.path(state_key("fp", None, LAYERS, "clause_ends", 32, encodings[0])), path)
+        shutil.copyfile(cache.path(state_key("id", None, LAYERS, "clause_ends", 32, prompts[0])), path)
     else:
-        StateCache(tmp_path).put(key, torch.zeros(7, len(LAYERS), 4))
+        StateCache(tmp_path).put(key, torch.zeros(7, len(LAYERS), 4), _encoder(tiny_host)([prompts[1]])[0])
     again = StateCache(tmp_path)
     with pytest.warns(StateCacheWarning, match="corrupt"):
-        states = _read(tiny_host, encodings, again)[0]
+        states = _read(tiny_host, prompts, again)[0]
     assert again.stats.corrupt == 1 and again.stats.misses == 1
     torch.testing.assert_close(states, good, atol=1e-5, rtol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                 # the rewritten entry is whole again
-        _read(tiny_host, encodings, StateCache(tmp_path))
+        _read(tiny_host, prompts, StateCache(tmp_path))
 
 
 def test_failures_are_never_cached(tmp_path: Path) -> None:
     cache = StateCache(tmp_path)
     with pytest.raises(ValueError, match="NaN or inf"):
-        cache.put("a" * 64, torch.tensor([[[float("nan")]]]))
+        cache.put("a" * 64, torch.tensor([[[float("nan")]]]), ENCODING)
     assert cache.entries() == []
 
 
@@ -116,7 +152,7 @@ def test_the_size_bound_drops_the_least_recently_used(tmp_path: Path) -> None:
     cache = StateCache(tmp_path, max_bytes=10**9)
     keys = [f"{i:064x}" for i in range(6)]
     for i, key in enumerate(keys):
-        cache.put(key, torch.full((4, 3, 64), float(i)))
+        cache.put(key, torch.full((1, 3, 64), float(i)), ENCODING)
         os.utime(cache.path(key), (time.time() - 100 + i, time.time() - 100 + i))
     one = cache.path(keys[0]).stat().st_size
     assert cache.get(keys[0]) is not None                  # a hit makes it the most recently used
@@ -137,11 +173,11 @@ def _writer(root: str, worker: int, rounds: int) -> tuple[int, int]:
         for r in range(rounds):
             for k in range(8):
                 shared = f"{k:064x}"
-                cache.put(shared, torch.full((3, 2, 256), float(k)))
-                got = cache.get(shared, width=3, layers=2)
-                bad += got is None or not bool((got == k).all())
+                cache.put(shared, torch.full((1, 2, 256), float(k)), ENCODING)
+                got = cache.get(shared, layers=2)
+                bad += got is None or not bool((got[0] == k).all()) or got[1] != ENCODING
             own = f"{worker + 1:02x}{r:062x}"
-            cache.put(own, torch.full((2, 2, 256), float(worker)))
+            cache.put(own, torch.full((1, 2, 256), float(worker)), ENCODING)
     return bad, len(caught)
 
 
@@ -161,5 +197,5 @@ def test_concurrent_writers_leave_whole_entries(tmp_path: Path, kind: str) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for k in range(8):
-            got = cache.get(f"{k:064x}", width=3, layers=2)
-            assert got is not None and bool((got == k).all())
+            got = cache.get(f"{k:064x}", layers=2)
+            assert got is not None and bool((got[0] == k).all())
