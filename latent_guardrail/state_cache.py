@@ -151,6 +151,7 @@ class StateCache:
             pass
         with self._lock:
             self.stats.hits += 1
+        assert states is not None  # checked above (a missing tensor is a problem)
         return states, encoding
 
     def put(self, key: str, states: torch.Tensor, encoding: PromptEncoding) -> Path:
@@ -247,11 +248,11 @@ def cached_end_states(model: torch.nn.Module, prompts: Sequence[Prompt], layers:
         return (*read(encodings), encodings)
     keys = [state_key(identity, layer_template, layers, "clause_ends", max_ends, p) for p in prompts]
     found = [cache.get(key, layers=len(layers), max_ends=max_ends) for key in keys]
-    hits = [i for i, entry in enumerate(found) if entry is not None]
+    stored = {i: entry[1] for i, entry in enumerate(found) if entry is not None}
+    hits = list(stored)
     if hits and check > 0:
         sample = hits[:: max(1, len(hits) // check)][:check]
-        if any(fresh != found[i][1] for i, fresh in zip(sample, encode([prompts[i] for i in sample]), strict=True)
-               if found[i] is not None):
+        if any(fresh != stored[i] for i, fresh in zip(sample, encode([prompts[i] for i in sample]), strict=True)):
             warnings.warn("stored encodings differ from today's (the encoding changed): re-encoding the cached "
                           "prompts and reading those that differ again", StateCacheWarning, stacklevel=2)
             for i, fresh in zip(hits, encode([prompts[i] for i in hits]), strict=True):
