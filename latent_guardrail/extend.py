@@ -46,11 +46,11 @@ from .normalize import normalize_prompt
 from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores
 from .positions import Prompt, PromptEncoding, encode_batch
 from .scorers import scorer_from_artifact
-from .settings import CalibrationSettings
-from .state_cache import StateCache, cached_end_states, encoding_identity
+from .settings import CalibrationSettings, GuardSettings
+from .state_cache import StateCache, cached_end_states, encoding_identity, state_key
 from .views import MAX_CLAUSE_ENDS
 
-__all__ = ["CategoryStats", "Extension", "base_items", "extend_fitted", "fit_window", "plan_extension",
+__all__ = ["CategoryStats", "Extension", "base_items", "extend_fitted", "fit_window", "plan_extension", "state_keys",
            "DEFAULT_CATEGORY_FPR", "MIN_CATEGORY_ROWS"]
 
 logger = logging.getLogger(__name__)
@@ -410,6 +410,19 @@ def _fold_of(groups: np.ndarray, folds: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- extension
 
+def _judged(items: Sequence[CalibrationItem], guard: GuardSettings) -> list[Prompt]:
+    """The items' prompts as the guard judges them (normalised as calibration does)."""
+    return [normalize_prompt(item.prompt, case_fold=guard.case_fold)[0] if guard.normalize else item.prompt
+            for item in items]
+
+
+def state_keys(base: FittedGuard, items: Sequence[CalibrationItem]) -> list[str]:
+    """The state-cache keys under which an extension of ``base`` keeps the states of ``items``."""
+    identity = encoding_identity(base.fingerprint, base.settings)
+    return [state_key(identity, base.layer_template, base.scorer.layers, "clause_ends", MAX_CLAUSE_ENDS, prompt)
+            for prompt in _judged(items, base.settings)]
+
+
 def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem], *, added: Sequence[str] = (),
                   extension: Extension, recipe: CalibrationSettings, category_fpr: float = DEFAULT_CATEGORY_FPR,
                   cache: StateCache | None = None, threads: int | None = 1, progress: bool = False) -> FittedGuard:
@@ -431,8 +444,7 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
         blocks = len(decoder_blocks(host.model, base.layer_template))
         if blocks != base.num_blocks:
             raise InputError(f"the guard was fitted for {base.num_blocks} decoder blocks; the host has {blocks}")
-        prompts = [normalize_prompt(item.prompt, case_fold=guard.case_fold)[0] if guard.normalize else item.prompt
-                   for item in items]
+        prompts = _judged(items, guard)
 
         def encode(chosen: Sequence[Prompt]) -> list[PromptEncoding]:
             return encode_batch(host.tokenizer, chosen, system_prompt=guard.system_prompt,

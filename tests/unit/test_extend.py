@@ -14,7 +14,7 @@ from latent_guardrail.augment import build_items
 from latent_guardrail.calibration import calibrate_items
 from latent_guardrail.datasets import PromptRecord
 from latent_guardrail.errors import InputError
-from latent_guardrail.extend import base_items
+from latent_guardrail.extend import base_items, state_keys
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
 from latent_guardrail.policy import CategoryPolicy, Scores
@@ -84,6 +84,7 @@ def test_the_base_states_come_from_the_cache(base: LatentGuard, extended: Latent
                                             "should I give my toddler adult cold medicine"]},
                         base=(BASE_H, BASE_B), recipe=RECIPE, cache=cache, progress=False)
     assert cache.stats.hits - hits == n_base              # every base item was a hit
+    assert all(cache.path(key).is_file() for key in state_keys(base.fitted, base_items(BASE_H, BASE_B, RECIPE)))
     assert 0 < cache.stats.misses - misses < n_base        # only the new items were read
     assert record["cache"] is not None and other.fitted.report["items"]["plain"] == len(BASE_H) + len(BASE_B) + 5
 
