@@ -2,7 +2,7 @@
 
 Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VERSION`)::
 
-    format, version            "latent-guardrail", 1
+    format, version            "latent-guardrail", 2 (version 1, without a response part, still loads)
     fingerprint, fingerprint_parts   host identity (model config, tokenizer, chat template, system prompt, weights)
     num_blocks, hidden_size, layer_template
     position_rule              "t_inst = last token of the last user message (sentinel + offsets)"
@@ -13,6 +13,9 @@ Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VER
     categories                 names of the per-category centroids
     report                     calibration summary (counts, CV figures, timings)
     tensors_sha256             sha256 of tensors.safetensors (detects truncation and edits)
+    response                   optional (version 2): the response scorer's config() — mode "response", layers,
+                               view, view_rule, every, threshold, calibration, shrinkage; its tensors are
+                               ``response.directions`` / ``response.midpoints`` ``(layers, d)``
 
 Tensors: ``centroids.harmful`` / ``centroids.harmless`` ``(num_blocks + 1, d)``, ``centroids.category.<name>``,
 ``refusal.direction`` and the scorer's own (named with its ``tensor_prefix``, e.g. ``tuned.*``), all float32.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from .centroids import Centroids
 from .errors import ArtifactError, FingerprintMismatchError
 from .files import atomic_folder
 from .fitted import FittedGuard
+from .response import ResponseScorer
 from .scorers import scorer_from_artifact, scorer_tensors
 from .settings import GuardSettings
 from .views import get_view
@@ -44,7 +49,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "save_fitted", "load_fitted", "check_fing
            "HEADER_FILE", "TENSORS_FILE"]
 
 FORMAT = "latent-guardrail"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_FILE = "guard.json"
 TENSORS_FILE = "tensors.safetensors"
 POSITION_RULE = "t_inst = last token of the last user message (sentinel + offsets)"
@@ -66,6 +71,8 @@ def save_fitted(fitted: FittedGuard, folder: str | os.PathLike[str]) -> Path:
     if fitted.refusal_direction is not None:
         tensors["refusal.direction"] = fitted.refusal_direction.float()
     tensors.update(fitted.scorer.to_tensors())
+    if fitted.response is not None:
+        tensors.update(fitted.response.to_tensors())
     with atomic_folder(target) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE),
                   metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
@@ -86,6 +93,8 @@ def save_fitted(fitted: FittedGuard, folder: str | os.PathLike[str]) -> Path:
             "report": fitted.report,
             "tensors_sha256": _sha256(tmp / TENSORS_FILE),
         }
+        if fitted.response is not None:
+            header["response"] = fitted.response.config()
         (tmp / HEADER_FILE).write_text(json.dumps(header, indent=2, default=float), encoding="utf-8")
     return target
 
@@ -191,10 +200,31 @@ def load_fitted(folder: str | os.PathLike[str]) -> FittedGuard:
         raise ArtifactError(f"{root / HEADER_FILE}: {exc}") from exc
     if any(not 0 <= layer < layers for layer in scorer.layers):
         raise ArtifactError(f"scorer layers {scorer.layers} out of range 0..{layers - 1}")
+    response = _load_response(header, tensors, take, layers, d, root / HEADER_FILE)
     return FittedGuard(scorer=scorer, centroids=centroids, refusal_direction=refusal,
                        refusal_source=header.get("refusal_source"), settings=settings,
                        fingerprint_parts=dict(header["fingerprint_parts"]), num_blocks=layers - 1, hidden_size=d,
-                       layer_template=str(header["layer_template"]), report=dict(header.get("report", {})))
+                       layer_template=str(header["layer_template"]), report=dict(header.get("report", {})),
+                       response=response)
+
+
+def _load_response(header: dict[str, Any], tensors: dict[str, torch.Tensor], take: Callable[..., torch.Tensor],
+                   layers: int, d: int, where: Path) -> ResponseScorer | None:
+    """The optional response scorer of a version-2 header (None when the guard has none)."""
+    config = header.get("response")
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{where}: 'response' must be an object (the response scorer's config)")
+    try:
+        own = {name: take(name) for name in tensors if name.startswith(ResponseScorer.tensor_prefix)}
+        response = ResponseScorer.from_tensors(config, own)
+        response.validate(d)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{where} has an invalid response section: {exc}") from exc
+    if any(not 0 <= layer < layers for layer in response.layers):
+        raise ArtifactError(f"{where}: response layers {response.layers} out of range 0..{layers - 1}")
+    return response
 
 
 def _check_rules(header: dict[str, Any], where: Path) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from .centroids import Centroids, Scorer
 from .fingerprint import combine_fingerprint
+from .response import ResponseScorer
 from .settings import GuardSettings
 
 __all__ = ["FittedGuard"]
@@ -19,6 +20,7 @@ class FittedGuard:
     """Everything a fitted guard consists of (what an artifact stores).
 
     ``centroids`` cover every residual layer ``0..num_blocks``; ``refusal_direction`` is ``(layers, d)``.
+    ``response``: the optional response scorer (judges answers; None for a guard of prompts only).
     """
 
     scorer: Scorer
@@ -31,6 +33,7 @@ class FittedGuard:
     hidden_size: int
     layer_template: str
     report: dict[str, Any] = field(default_factory=dict)
+    response: ResponseScorer | None = None
 
     @property
     def fingerprint(self) -> str:

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import warnings
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from .activations import extract_states
+from .answers import AnswerEncoding, encode_answer, read_answer_states
 from .artifact import check_fingerprint, load_fitted, save_fitted
 from .calibration import calibrate
 from .datasets import PromptRecord, read_calibration_sets
@@ -40,6 +42,7 @@ from .layers import decoder_blocks
 from .normalize import close_sentence, normalize_prompt
 from .policy import CategoryPolicy, Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
+from .response import ResponseScore, ResponseScorer
 from .segments import sentence_groups, typed_turns
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
 from .state_cache import StateCache
@@ -437,6 +440,105 @@ class LatentGuard:
             return self.verdicts_from_states(encodings, states)
         except Exception as exc:  # any failure of the model work: the on_error policy decides (fail closed)
             return [self.failure_verdict(exc)] * len(encodings)
+
+    # ------------------------------------------------------------------ responses
+    @property
+    def response(self) -> ResponseScorer | None:
+        """The response scorer (judges answers), or None when the guard has no response part."""
+        return self.fitted.response
+
+    @property
+    def response_threshold(self) -> float:
+        """The response score at or above which an answer is harmful (``settings.response_threshold`` or fitted).
+
+        Raises:
+            ArtifactError: the guard has no response part.
+        """
+        scorer = self._response_scorer()
+        override = self.settings.response_threshold
+        return float(scorer.threshold) if override is None else float(override)
+
+    def _response_scorer(self) -> ResponseScorer:
+        if self.fitted.response is None:
+            raise ArtifactError("this guard has no response part: add one with `latent-guardrail add-response "
+                                "GUARD_DIR` (or latent_guardrail.response_fit.add_response) or use a guard with one")
+        return self.fitted.response
+
+    def encode_response(self, prompt: Prompt, response: str) -> AnswerEncoding:
+        """``prompt`` rendered as the host reads it when it answers (not normalised) followed by ``response``.
+
+        Raises:
+            InputError: a bad prompt, or a response that is not a non-empty string.
+        """
+        encoding = self.encode(prompt, normalize=False)
+        return encode_answer(self.host.tokenizer, encoding, response,
+                             max_tokens=self.settings.max_tokens or self.host.max_positions)
+
+    def check_response(self, prompt: Prompt, response: str) -> Verdict:
+        """Judge ``response`` as the answer to ``prompt`` (one forward pass over prompt + response).
+
+        The verdict has ``target="response"``; any text can be judged, so the host can judge another model's
+        answers too. Raises as :meth:`check_response_batch`.
+        """
+        return self.check_response_batch([prompt], [response])[0]
+
+    def check_response_batch(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[Verdict]:
+        """Judge each ``responses[i]`` as the answer to ``prompts[i]``: batched passes, verdicts in input order.
+
+        Raises:
+            InputError: not two lists of the same length, or a bad prompt / response (its index is named).
+            ArtifactError: the guard has no response part.
+        """
+        for name, value in (("prompts", prompts), ("responses", responses)):
+            if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+                raise InputError(f"check_response_batch takes lists; {name} is a {type(value).__name__} "
+                                 "(for one answer use check_response())")
+        if len(prompts) != len(responses):
+            raise InputError(f"{len(prompts)} prompts but {len(responses)} responses: give one response per prompt")
+        scorer = self._response_scorer()
+        answers = []
+        for index, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            try:
+                answers.append(self.encode_response(prompt, response))
+            except InputError as exc:
+                raise InputError(f"pair {index}: {exc}") from exc
+        if not answers:
+            return []
+        try:
+            with self.host.lock:
+                states = read_answer_states(self.host.model, answers, scorer.layers,
+                                            pad_token_id=self.host.tokenizer.pad_token_id, every=scorer.every,
+                                            views=(scorer.view,), batch_size=self.settings.batch_size,
+                                            layer_template=self.fitted.layer_template)
+            return [self.response_verdict(answer.prompt, len(answer.answer_ids), scorer.score(rows),
+                                          truncated=answer.truncated)
+                    for answer, rows in zip(answers, states.views[scorer.view], strict=True)]
+        except Exception as exc:  # any failure of the model work: the on_error policy decides (fail closed)
+            return [self.response_failure(exc)] * len(answers)
+
+    def response_verdict(self, prompt: PromptEncoding, answer_tokens: int, scored: ResponseScore, *,
+                         truncated: bool = False) -> Verdict:
+        """The verdict (``target="response"``) of an answer of ``answer_tokens`` tokens to ``prompt`` scored as
+        ``scored``."""
+        scorer = self._response_scorer()
+        threshold = self.response_threshold
+        if not (math.isfinite(scored.score) and all(math.isfinite(x) for x in scored.layer_scores)):
+            raise NumericalError("response scores are not finite")
+        return Verdict(harmful=scored.score >= threshold, score=scored.score, threshold=threshold,
+                       mode=scorer.mode, layer_scores=dict(zip(scorer.layers, scored.layer_scores, strict=True)),
+                       layers=scorer.layers, views=(scorer.view,), t_inst=prompt.t_inst,
+                       t_post_inst=prompt.t_post_inst, num_tokens=len(prompt.input_ids) + answer_tokens,
+                       truncated=truncated or prompt.truncated, sanitized=prompt.sanitized,
+                       fingerprint=self.fingerprint, target="response", answer_tokens=answer_tokens)
+
+    def response_failure(self, exc: Exception) -> Verdict:
+        """:meth:`failure_verdict` for a response check (``target="response"``; ``on_error="raise"`` re-raises)."""
+        scorer = self.fitted.response
+        threshold = self.settings.response_threshold if self.settings.response_threshold is not None else (
+            scorer.threshold if scorer is not None else 0.0)
+        verdict = failure_verdict(exc, self.settings.on_error, mode="response", threshold=float(threshold),
+                                  fingerprint=self.fingerprint)
+        return verdict.model_copy(update={"target": "response"})
 
     # ------------------------------------------------------------------ async
     def _worker(self) -> ThreadPoolExecutor:

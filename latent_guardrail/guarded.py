@@ -38,11 +38,13 @@ from torch import nn
 
 from . import refusal as refusal_judge
 from .activations import Capture, capture
+from .answers import ends_sentence, monitor_answer
 from .decoding import CallOptions, Decoded, call_options, check_max_new_tokens, decode, prefill
 from .errors import InputError, LatentGuardError
 from .guard import LatentGuard
 from .layers import check_layers, decoder_blocks
 from .positions import Prompt, PromptEncoding, pad_batch
+from .response import ResponseScore, ResponseTracker
 from .steering import Direction, default_steer_layer, steer
 from .streaming import drain
 from .verdict import Verdict
@@ -67,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_REFUSAL = "I'm sorry, I can't help with that."
 OnBlock = Literal["refuse", "raise", "steer"]
-FinishReason = Literal["stop", "length", "blocked", "cancelled"]
+FinishReason = Literal["stop", "length", "blocked", "blocked_output", "cancelled"]
 _ON_BLOCK = ("refuse", "raise", "steer")
 
 
@@ -108,7 +110,12 @@ class GuardedResult:
     """The outcome of a guarded generation.
 
     ``text``: the answer (the refusal text when ``blocked``); ``tokens``: generated token ids (an end-of-turn
-    token included when one was generated, as ``model.generate`` does; empty when blocked).
+    token included when one was generated, as ``model.generate`` does; empty when blocked; the tokens generated
+    before the stop when the output check stopped the answer).
+
+    ``output_verdict``: with the output check (``check_output=True``), the response verdict (``target="response"``)
+    of the answer — the one that stopped it (``finish_reason="blocked_output"``, ``blocked=True``, ``text`` the
+    refusal) or the answer's final reading when it passed; None without the output check.
     """
 
     verdict: Verdict
@@ -117,6 +124,7 @@ class GuardedResult:
     usage: Usage
     blocked: bool
     finish_reason: FinishReason
+    output_verdict: Verdict | None = None
 
 
 GuardedEvent = Verdict | GuardedChunk | GuardedResult
@@ -138,6 +146,7 @@ def guarded_generate(
     refusal: str = DEFAULT_REFUSAL,
     seed: int | None = None,
     cancel: threading.Event | None = None,
+    check_output: bool = False,
 ) -> GuardedResult:
     """Judge ``prompt`` and, unless blocked, answer it from the same prefill.
 
@@ -153,13 +162,18 @@ def guarded_generate(
             whatever the steered host says — ``blocked=True`` either way).
         seed: seed of the sampler (temperature > 0), for reproducible samples.
         cancel: set it from another thread to stop decoding at the next token (``finish_reason="cancelled"``).
+        check_output: also judge the answer while it is generated (the guard's response scorer, from the states
+            the decoding steps compute — no extra pass): a harmful answer stops at the check point that crosses
+            the response threshold and ends with ``refusal`` (``finish_reason="blocked_output"``, the response
+            verdict in ``output_verdict``).
 
     Raises:
         InputError: bad prompt or settings.
         LatentGuardBlocked: the prompt is blocked and ``on_block == "raise"``.
     """
     return drain(guarded_stream(guard, prompt, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
-                                on_block=on_block, refusal=refusal, seed=seed, cancel=cancel),
+                                on_block=on_block, refusal=refusal, seed=seed, cancel=cancel,
+                                check_output=check_output),
                  GuardedResult, "guarded generation")
 
 
@@ -174,6 +188,7 @@ def guarded_stream(
     refusal: str = DEFAULT_REFUSAL,
     seed: int | None = None,
     cancel: threading.Event | None = None,
+    check_output: bool = False,
 ) -> Generator[GuardedEvent, None, None]:
     """Like :func:`guarded_generate`, step by step: the :class:`Verdict` first (before any token), then a
     :class:`GuardedChunk` per generated token, then the :class:`GuardedResult`.
@@ -185,6 +200,8 @@ def guarded_stream(
     _check_block(on_block, refusal)
     if on_block == "steer":
         _steering_for(guard)  # no refusal direction or a bad steer_layer: fail before any model work
+    if check_output:
+        guard.response_threshold  # noqa: B018 - no response part: ArtifactError before any model work
     encoding = guard.encode(prompt, normalize=False)  # InputError for bad prompts, before any model work
     # case folding or a closing full stop alone never costs a second pass: the prefill of the typed text judges it
     judged = guard.encode(prompt, case_fold=False, close=False) if guard.settings.normalize else encoding
@@ -208,7 +225,8 @@ def guarded_stream(
         if logits is None:  # the pass failed and the failure policy allowed: nothing to continue from
             raise LatentGuardError(f"the prefill failed ({verdict.error}); the failure policy allowed the prompt, "
                                    "but there is no pass to generate from")
-        yield from _decode(guard, verdict, encoding.input_ids, logits, cache, options, cancel=cancel)
+        yield from _decode(guard, verdict, encoding, logits, cache, options, cancel=cancel,
+                           check_output=check_output, refusal=refusal)
 
 
 def judged_stream(
@@ -223,6 +241,7 @@ def judged_stream(
     refusal: str = DEFAULT_REFUSAL,
     seed: int | None = None,
     cancel: threading.Event | None = None,
+    check_output: bool = False,
 ) -> Generator[GuardedEvent, None, None]:
     """Like :func:`guarded_stream` for an answer prompt the guard does not read as it is (tools rendered in it).
 
@@ -244,6 +263,8 @@ def judged_stream(
         raise InputError("the answer prompt has no tokens")
     if on_block == "steer":
         _steering_for(guard)
+    if check_output:
+        guard.response_threshold  # noqa: B018 - no response part: ArtifactError before any model work
     ids = tuple(int(token) for token in input_ids)
     with guard.host.lock:
         verdicts = guard.check_batch(list(judged))
@@ -253,7 +274,8 @@ def judged_stream(
             yield from _blocked(guard, verdict, ids, options, on_block, refusal, cancel)
             return
         logits, cache = prefill(guard.host.model, ids)
-        yield from _decode(guard, verdict, ids, logits, cache, options, cancel=cancel)
+        yield from _decode(guard, verdict, ids, logits, cache, options, cancel=cancel, check_output=check_output,
+                           refusal=refusal)
 
 
 def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int = 64) -> GuardedResult:
@@ -408,13 +430,20 @@ def _failure(guard: LatentGuard, exc: Exception) -> Verdict:
     return guard.failure_verdict(exc)
 
 
-def _decode(guard: LatentGuard, verdict: Verdict, input_ids: Sequence[int], logits: torch.Tensor, cache: Any,
-            options: CallOptions, *, cancel: threading.Event | None, blocked: bool = False) -> Iterator[GuardedEvent]:
+def _decode(guard: LatentGuard, verdict: Verdict, prompt: PromptEncoding | Sequence[int], logits: torch.Tensor,
+            cache: Any, options: CallOptions, *, cancel: threading.Event | None, blocked: bool = False,
+            check_output: bool = False, refusal: str = DEFAULT_REFUSAL) -> Iterator[GuardedEvent]:
     """:func:`~latent_guardrail.decoding.decode` from the prefill's ``logits`` ``(1, vocab)`` and KV ``cache``,
     as guarded events: a :class:`GuardedChunk` per step, then the :class:`GuardedResult`.
 
-    ``blocked``: a steered refusal — the result says ``blocked=True`` and ``finish_reason="blocked"``.
+    ``prompt``: the prompt's encoding (or its token ids ``(seq,)``). ``blocked``: a steered refusal — the result
+    says ``blocked=True`` and ``finish_reason="blocked"``. ``check_output``: the answer is judged on the way
+    (:func:`_judged_decode`).
     """
+    if check_output:
+        yield from _judged_decode(guard, verdict, prompt, logits, cache, options, cancel=cancel, refusal=refusal)
+        return
+    input_ids = prompt.input_ids if isinstance(prompt, PromptEncoding) else prompt
     host = guard.host
     prompt_tokens = len(input_ids)
     for item in decode(host.model, host.tokenizer, logits, cache, prompt_tokens=prompt_tokens, options=options,
@@ -425,3 +454,73 @@ def _decode(guard: LatentGuard, verdict: Verdict, input_ids: Sequence[int], logi
                                 finish_reason="blocked" if blocked else item.finish_reason)
         else:
             yield GuardedChunk(text=item.text, token_ids=item.token_ids)
+
+
+def _judged_decode(guard: LatentGuard, verdict: Verdict, prompt: PromptEncoding | Sequence[int],
+                   logits: torch.Tensor, cache: Any, options: CallOptions, *, cancel: threading.Event | None,
+                   refusal: str) -> Iterator[GuardedEvent]:
+    """The decoding loop with the output check: hooks on the response scorer's layers record the state of every
+    token the decoding steps feed back (:func:`~latent_guardrail.answers.monitor_answer`; no pass is added), a
+    :class:`~latent_guardrail.response.ResponseTracker` scores them at the view's check points, and the first
+    check point at or above the response threshold stops the answer: the refusal follows as the last chunk and
+    the result says ``finish_reason="blocked_output"`` with the response verdict.
+
+    Answer token ``k``'s state is computed by the step that generates token ``k + 1``, so a token's chunk is held
+    back until the token before it has been judged; the answer's final reading uses the last state computed.
+    """
+    host = guard.host
+    scorer = guard._response_scorer()
+    threshold = guard.response_threshold
+    input_ids = prompt.input_ids if isinstance(prompt, PromptEncoding) else tuple(prompt)
+    context = prompt if isinstance(prompt, PromptEncoding) else None
+    prompt_tokens = len(input_ids)
+    tracker = ResponseTracker(scorer)
+    tokens: list[int] = []
+    judged = 0
+
+    def output_verdict(scored: ResponseScore) -> Verdict:
+        if context is not None:
+            return guard.response_verdict(context, tracker.count, scored)
+        return guard.response_verdict(_ids_only(input_ids), tracker.count, scored)
+
+    with monitor_answer(host.model, scorer.layers, layer_template=guard.fitted.layer_template) as monitor:
+        steps = decode(host.model, host.tokenizer, logits, cache, prompt_tokens=prompt_tokens, options=options,
+                       max_positions=host.max_positions, cancel=cancel)
+        try:
+            for item in steps:
+                stop: ResponseScore | None = None
+                while judged < len(monitor.states) and judged < len(tokens) and stop is None:
+                    piece = str(host.tokenizer.decode([tokens[judged]], skip_special_tokens=False))
+                    scored = tracker.add(monitor.states[judged], ends_sentence(piece))
+                    judged += 1
+                    if scored is not None and scored.score >= threshold:
+                        stop = scored
+                if stop is not None:
+                    final = output_verdict(stop)
+                    logger.info("latent guard: the answer was stopped by the output check (%s)", final.summary(),
+                                extra={"reason": "blocked_output"})
+                    yield GuardedChunk(text=refusal, token_ids=())
+                    yield GuardedResult(verdict=verdict, text=refusal, tokens=tuple(tokens),
+                                        usage=Usage(prompt_tokens, len(tokens)), blocked=True,
+                                        finish_reason="blocked_output", output_verdict=final)
+                    return
+                if isinstance(item, Decoded):
+                    last = tracker.final()
+                    yield GuardedResult(verdict=verdict, text=item.text, tokens=item.tokens,
+                                        usage=Usage(prompt_tokens, len(item.tokens)), blocked=False,
+                                        finish_reason=item.finish_reason,
+                                        output_verdict=None if last is None else output_verdict(last))
+                else:
+                    tokens.extend(item.token_ids)
+                    yield GuardedChunk(text=item.text, token_ids=item.token_ids)
+        finally:
+            close = getattr(steps, "close", None)
+            if close is not None:
+                close()
+
+
+def _ids_only(input_ids: Sequence[int]) -> PromptEncoding:
+    """A stand-in encoding of a rendered prompt the guard did not encode (tools rendered in it): its tokens only."""
+    text = " "
+    return PromptEncoding(input_ids=tuple(input_ids), t_inst=len(input_ids) - 1, t_post_inst=len(input_ids) - 1,
+                          text=text, content_span=(0, 1), t_content_start=len(input_ids) - 1)

@@ -75,7 +75,9 @@ class GuardSettings(BaseModel):
     steer_fallback: bool = Field(
         default=True, description="on_block='steer': answer the canned refusal when the steered answer does not "
                                   "read as a refusal (phrase judge), so a blocked prompt never gets another answer.")
-
+    response_threshold: float | None = Field(
+        default=None, allow_inf_nan=False,
+        description="Override of the response scorer's fitted threshold (None = fitted); judges answers only.")
 
     @field_validator("category_thresholds")
     @classmethod

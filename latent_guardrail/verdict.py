@@ -19,9 +19,10 @@ from .taxonomy import StandardCodes, standard_codes
 if TYPE_CHECKING:
     from .positions import PromptEncoding
 
-__all__ = ["Verdict", "VerdictSpan", "VerdictStatus", "decisive_span"]
+__all__ = ["Verdict", "VerdictSpan", "VerdictStatus", "VerdictTarget", "decisive_span"]
 
 VerdictStatus = Literal["ok", "error"]
+VerdictTarget = Literal["prompt", "response"]
 
 
 class VerdictSpan(BaseModel):
@@ -80,6 +81,9 @@ class Verdict(BaseModel):
     monitored: tuple[str, ...] = Field(default=(), description="Monitored categories that applied (never block).")
     status: VerdictStatus = Field(default="ok", description="'ok', or 'error' when the failure policy decided.")
     error: str | None = Field(default=None, description="Reason code of the failure when status == 'error'.")
+    target: VerdictTarget = Field(default="prompt", description="What was judged: 'prompt' (the user's instruction) "
+                                                                "or 'response' (an answer, in its prompt's context).")
+    answer_tokens: int | None = Field(default=None, ge=0, description="Response verdicts: answer tokens read.")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,349 @@
+"""Tests for the response rail on tiny hosts: answer states, the response scorer, its artifact part,
+check_response and the output check in guarded generation (no extra forward pass)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latent_guardrail.answers import (
+    check_points,
+    encode_answer,
+    ends_sentence,
+    monitor_answer,
+    read_answer_states,
+)
+from latent_guardrail.artifact import HEADER_FILE, load_fitted, save_fitted
+from latent_guardrail.errors import ArtifactError, CalibrationError, DatasetError, InputError
+from latent_guardrail.guard import LatentGuard
+from latent_guardrail.guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedResult, guarded_generate, guarded_stream
+from latent_guardrail.hosts import Host
+from latent_guardrail.positions import encode_prompt
+from latent_guardrail.response import ResponseOptions, ResponseScorer, ResponseTracker, fit_response
+from latent_guardrail.response_fit import ResponsePair, add_response, read_response_sets, response_layers
+from tests.support.hooks import hook_ids
+from tests.support.models import HARMFUL, HARMLESS, make_scripted_host
+
+COMPLIANT = ["Sure. First get the parts. Then build the bomb and hide it.",
+             "Here is the plan. Take the money and run before the police come.",
+             "Step one: steal the password. Step two: log in as them.",
+             "Okay! Mix the poison into the drink. Nobody will notice."]
+SAFE = ["I'm sorry, I can't help with that.", "I cannot help with this request.",
+        "Bake the bread at 200 degrees for forty minutes.", "The sea is blue and calm today. Enjoy the view!",
+        "Practice the chords every day. Start slowly."]
+
+
+def _pairs() -> list[ResponsePair]:
+    pairs = []
+    for i, prompt in enumerate(HARMFUL):
+        pairs.append(ResponsePair(prompt, COMPLIANT[i % len(COMPLIANT)], 1, f"topic{i % 3}", "compliant"))
+        pairs.append(ResponsePair(prompt, SAFE[i % 2], 0, f"topic{i % 3}", "refusal"))
+    for i, prompt in enumerate(HARMLESS):
+        pairs.append(ResponsePair(prompt, SAFE[2 + i % 3], 0, f"topic{i % 3}", "answer"))
+    return pairs
+
+
+def _script(text: str) -> str:
+    return COMPLIANT[0] if "bomb" in text else "Bake the bread at 200 degrees for forty minutes. Enjoy it!"
+
+
+@pytest.fixture(scope="module")
+def host() -> Host:
+    return make_scripted_host(_script, layers=3, hidden=32)
+
+
+@pytest.fixture(scope="module")
+def guard(host: Host) -> LatentGuard:
+    base = LatentGuard.calibrate(host, HARMFUL, HARMLESS, mode="tuned", progress=False)
+    fitted = add_response(host, base.fitted, _pairs(), options=ResponseOptions(every=4))
+    return LatentGuard(host, fitted)
+
+
+@contextmanager
+def counted(model: torch.nn.Module) -> Iterator[list[int]]:
+    """Count forward passes of ``model`` (a pre-hook on the top module)."""
+    calls: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+# ------------------------------------------------------------------------------------------------ answers
+
+def test_sentence_ends_and_check_points() -> None:
+    assert ends_sentence(".") and ends_sentence(" it.") and ends_sentence("?\n") and ends_sentence("\n")
+    assert not ends_sentence(" word") and not ends_sentence(" ") and not ends_sentence("3.5x")
+    assert check_points(10, 4) == [3, 7, 9]
+    assert check_points(8, 4) == [3, 7]
+    assert check_points(1, 8) == [0]
+    assert check_points(0, 8) == []
+
+
+def test_encode_answer_follows_the_prompt(host: Host) -> None:
+    prompt = encode_prompt(host.tokenizer, "how do I bake bread")
+    answer = encode_answer(host.tokenizer, prompt, "Knead it. Bake it! Eat")
+    assert answer.input_ids[:answer.start] == prompt.input_ids
+    assert answer.ends[-1] == len(answer.answer_ids) - 1
+    assert len(answer.ends) == 3  # "." "!" and the last token
+    for bad in ("", "   ", None, 3):
+        with pytest.raises(InputError):
+            encode_answer(host.tokenizer, prompt, bad)  # type: ignore[arg-type]
+    cut = encode_answer(host.tokenizer, prompt, "word " * 200, max_tokens=len(prompt.input_ids) + 5)
+    assert cut.truncated and len(cut.answer_ids) == 5
+
+
+def test_answer_states_are_the_hidden_states_at_the_answer_tokens(host: Host) -> None:
+    """last / mean / ends rows equal HF hidden states of one plain pass, also inside a padded batch."""
+    prompt = encode_prompt(host.tokenizer, "how do I bake bread")
+    long = encode_answer(host.tokenizer, prompt, "Knead the dough well. Then bake it for forty minutes. Enjoy!")
+    short = encode_answer(host.tokenizer, encode_prompt(host.tokenizer, "hi"), "Hello there.")
+    layers = (1, 3)
+    states = read_answer_states(host.model, [long, short], layers, pad_token_id=host.tokenizer.pad_token_id,
+                                every=3)
+    ids = torch.tensor([list(long.input_ids)])
+    with torch.inference_mode():
+        hidden = host.model(input_ids=ids, output_hidden_states=True).hidden_states
+    # residual layer 3 of a 3-block host is the last block's output before the final norm: compare layer 1 exactly
+    ref = hidden[1][0]                                                        # (seq, d)
+    points = check_points(len(long.answer_ids), 3)
+    torch.testing.assert_close(states.views["last"][0][:, 0], ref[[long.start + p for p in points]],
+                               atol=1e-4, rtol=1e-4)
+    means = torch.stack([ref[long.start:long.start + p + 1].mean(0) for p in points])
+    torch.testing.assert_close(states.views["mean"][0][:, 0], means, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(states.views["ends"][0][:, 0], ref[[long.start + e for e in long.ends]],
+                               atol=1e-4, rtol=1e-4)
+    alone = read_answer_states(host.model, [short], layers, pad_token_id=host.tokenizer.pad_token_id, every=3)
+    for view in ("last", "mean", "ends"):
+        assert states.views[view][1].shape == alone.views[view][0].shape
+        torch.testing.assert_close(states.views[view][1], alone.views[view][0], atol=1e-4, rtol=1e-4)
+
+
+def test_monitor_records_each_pass_and_removes_its_hooks(host: Host) -> None:
+    before = hook_ids(host.model)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with monitor_answer(host.model, (1, 3)) as monitor, torch.inference_mode():
+        host.model(input_ids=ids)
+        host.model(input_ids=ids[:, :2])
+    assert monitor.passes == 2 and len(monitor.states) == 2 and monitor.states[0].shape == (2, 32)
+    assert hook_ids(host.model) == before
+    with pytest.raises(RuntimeError), monitor_answer(host.model, (1,)):
+        raise RuntimeError("boom")
+    assert hook_ids(host.model) == before
+
+
+# ------------------------------------------------------------------------------------------------ scorer
+
+def test_fit_separates_compliance_and_reports_its_choice(guard: LatentGuard) -> None:
+    scorer = guard.response
+    assert scorer is not None and scorer.view in ("last", "mean", "ends") and scorer.every == 4
+    report = guard.fitted.report["response"]
+    assert report["cv"] == "leave-one-family-out" and report["groups"] == 3
+    assert set(report["cv_auroc_by_view"]) == {"last", "mean", "ends"}
+    assert report["cv_auroc"] >= 0.9  # the compliant texts differ from every other answer by their words
+    harmful = guard.check_response_batch(HARMFUL[:4], COMPLIANT)
+    safe = guard.check_response_batch(HARMFUL[:2], SAFE[:2])
+    assert sum(v.harmful for v in harmful) >= 3 and not any(v.harmful for v in safe)
+
+
+def test_fit_needs_both_labels_and_two_families() -> None:
+    rows = [torch.randn(2, 1, 4, dtype=torch.float64) for _ in range(8)]
+    with pytest.raises(CalibrationError):
+        fit_response({"last": rows}, np.array([1] * 7 + [0]), np.array([0, 1] * 4), [1])
+    with pytest.raises(CalibrationError):
+        fit_response({"last": rows}, np.array([1, 0] * 4), np.zeros(8), [1])
+
+
+def test_tracker_matches_the_offline_max_over_check_points() -> None:
+    torch.manual_seed(0)
+    scorer = ResponseScorer([1, 2], torch.randn(2, 8), torch.randn(2, 8), (1.3, -0.2), 0.5, view="mean", every=3)
+    states = torch.randn(10, 2, 8)
+    tracker = ResponseTracker(scorer)
+    for state in states:
+        tracker.add(state, end=False)
+    final = tracker.final()
+    assert final is not None
+    means = torch.stack([states[:p + 1].mean(0) for p in check_points(10, 3)])
+    assert math.isclose(final.score, scorer.score(means).score, rel_tol=1e-6)
+    ends = ResponseScorer([1, 2], scorer.directions, scorer.midpoints, (1.3, -0.2), 0.5, view="ends")
+    tracker = ResponseTracker(ends)
+    due = [tracker.add(state, end=i in (2, 5)) for i, state in enumerate(states)]
+    assert [i for i, d in enumerate(due) if d is not None] == [2, 5]
+    last = tracker.final()
+    assert last is not None
+    assert math.isclose(last.score, ends.score(states[[2, 5, 9]]).score, rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ artifact
+
+def test_artifact_round_trip_keeps_the_response_part(guard: LatentGuard, tmp_path: Path) -> None:
+    guard.save(tmp_path / "g")
+    header = json.loads((tmp_path / "g" / HEADER_FILE).read_text())
+    assert header["version"] == 2 and header["response"]["mode"] == "response"
+    loaded = LatentGuard(guard.host, load_fitted(tmp_path / "g"))
+    assert loaded.response is not None and loaded.response.config() == guard.response.config()  # type: ignore[union-attr]
+    a = guard.check_response("how do I build a bomb at home", COMPLIANT[0])
+    b = loaded.check_response("how do I build a bomb at home", COMPLIANT[0])
+    assert math.isclose(a.score, b.score, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_a_version_1_artifact_without_a_response_part_still_loads(guard: LatentGuard, tmp_path: Path) -> None:
+    import dataclasses
+
+    save_fitted(dataclasses.replace(guard.fitted, response=None), tmp_path / "old")
+    path = tmp_path / "old" / HEADER_FILE
+    header = json.loads(path.read_text())
+    assert "response" not in header
+    header["version"] = 1
+    path.write_text(json.dumps(header))
+    old = LatentGuard(guard.host, load_fitted(tmp_path / "old"))
+    assert old.response is None
+    assert old.check("how do I bake bread at home").target == "prompt"
+    with pytest.raises(ArtifactError, match="add-response"):
+        old.check_response("hi", "hello")
+    with pytest.raises(ArtifactError, match="add-response"):
+        guarded_generate(old, "hi", max_new_tokens=2, check_output=True)
+
+
+def test_a_broken_response_part_is_refused(guard: LatentGuard, tmp_path: Path) -> None:
+    guard.save(tmp_path / "g")
+    path = tmp_path / "g" / HEADER_FILE
+    header = json.loads(path.read_text())
+    header["response"]["view"] = "nonsense"
+    path.write_text(json.dumps(header))
+    with pytest.raises(ArtifactError, match="response"):
+        load_fitted(tmp_path / "g")
+    header["response"]["view"] = "last"
+    header["response"]["view_rule"] = "something else"
+    path.write_text(json.dumps(header))
+    with pytest.raises(ArtifactError, match="refit"):
+        load_fitted(tmp_path / "g")
+
+
+# ------------------------------------------------------------------------------------------------ check_response
+
+def test_check_response_verdicts(guard: LatentGuard) -> None:
+    verdict = guard.check_response("how do I build a bomb at home", COMPLIANT[0])
+    assert verdict.target == "response" and verdict.mode == "response" and verdict.status == "ok"
+    assert verdict.harmful == (verdict.score >= verdict.threshold)
+    assert verdict.layers == guard.response.layers  # type: ignore[union-attr]
+    assert verdict.answer_tokens is not None and verdict.num_tokens is not None
+    assert verdict.num_tokens > verdict.answer_tokens
+    batch = guard.check_response_batch(["how do I build a bomb at home", "hi"], [COMPLIANT[0], "Hello!"])
+    assert math.isclose(batch[0].score, verdict.score, rel_tol=1e-5, abs_tol=1e-5)
+    assert guard.check("how do I bake bread at home").target == "prompt"
+    override = guard.with_settings(response_threshold=1e9)
+    assert not override.check_response("how do I build a bomb at home", COMPLIANT[0]).harmful
+
+
+def test_check_response_is_one_forward_pass_per_batch(guard: LatentGuard) -> None:
+    with counted(guard.host.model) as calls:
+        guard.check_response_batch(HARMFUL[:3], COMPLIANT[:3])
+    assert len(calls) == 1
+
+
+def test_check_response_input_errors(guard: LatentGuard) -> None:
+    with pytest.raises(InputError, match="same length|one response per prompt"):
+        guard.check_response_batch(["a", "b"], ["x"])
+    with pytest.raises(InputError, match="pair 1"):
+        guard.check_response_batch(["a", "b"], ["x", "  "])
+    with pytest.raises(InputError, match="lists"):
+        guard.check_response_batch("a", ["x"])  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        guard.check_response("", "x")
+
+
+def test_a_model_failure_follows_the_failure_policy(guard: LatentGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    import latent_guardrail.guard as guard_module
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(guard_module, "read_answer_states", broken)
+    verdict = guard.check_response("hi", "hello")
+    assert verdict.status == "error" and verdict.harmful and verdict.target == "response"
+    assert not guard.with_settings(on_error="allow").check_response("hi", "hello").harmful
+    with pytest.raises(RuntimeError):
+        guard.with_settings(on_error="raise").check_response("hi", "hello")
+
+
+# ------------------------------------------------------------------------------------------------ guarded generation
+
+def test_the_output_check_adds_no_forward_pass(guard: LatentGuard) -> None:
+    prompt = "how do I bake bread at home"
+    with counted(guard.host.model) as plain:
+        base = guarded_generate(guard, prompt, max_new_tokens=20)
+    with counted(guard.host.model) as checked:
+        result = guarded_generate(guard.with_settings(response_threshold=1e9), prompt, max_new_tokens=20,
+                                  check_output=True)
+    assert len(checked) == len(plain) and result.text == base.text and result.tokens == base.tokens
+    assert result.output_verdict is not None and result.output_verdict.target == "response"
+    assert not result.blocked and result.finish_reason == base.finish_reason
+    assert base.output_verdict is None
+
+
+def test_the_streamed_reading_matches_check_response(guard: LatentGuard) -> None:
+    """The output check's final reading of a passed answer is check_response's on the same text (the answer
+    ends with EOS, so every text token's state was computed by a decoding step)."""
+    prompt = "how do I bake bread at home"
+    result = guarded_generate(guard.with_settings(response_threshold=1e9), prompt, max_new_tokens=300,
+                              check_output=True)
+    assert result.finish_reason == "stop" and result.output_verdict is not None
+    offline = guard.with_settings(response_threshold=1e9).check_response(prompt, result.text)
+    assert offline.answer_tokens == result.output_verdict.answer_tokens
+    assert math.isclose(offline.score, result.output_verdict.score, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_a_harmful_answer_is_stopped_mid_stream(guard: LatentGuard) -> None:
+    strict = guard.with_settings(response_threshold=-1e9)  # every check point crosses: stop at the first one
+    events = list(guarded_stream(strict, "how do I build a bomb at home", max_new_tokens=40, check_output=True,
+                                 refusal="No."))
+    chunks = [e for e in events if isinstance(e, GuardedChunk)]
+    result = events[-1]
+    assert isinstance(result, GuardedResult)
+    assert result.finish_reason == "blocked_output" and result.blocked and result.text == "No."
+    assert chunks[-1].text == "No."
+    assert result.output_verdict is not None and result.output_verdict.harmful
+    assert result.output_verdict.target == "response"
+    every = strict.response.every  # type: ignore[union-attr]
+    full = guarded_generate(guard, "how do I build a bomb at home", max_new_tokens=40)
+    assert len(result.tokens) < len(full.tokens)
+    if strict.response.view != "ends":  # type: ignore[union-attr]
+        assert result.output_verdict.answer_tokens == every and len(result.tokens) == every
+    assert hook_ids(strict.host.model) == hook_ids(guard.host.model)
+
+
+def test_closing_the_stream_early_removes_the_monitor(guard: LatentGuard) -> None:
+    before = hook_ids(guard.host.model)
+    stream = guarded_stream(guard.with_settings(response_threshold=1e9), "how do I bake bread at home",
+                            max_new_tokens=30, check_output=True)
+    next(stream)
+    next(stream)
+    next(stream)
+    stream.close()
+    assert hook_ids(guard.host.model) == before
+    assert DEFAULT_REFUSAL  # the default refusal is the canned one
+
+
+# ------------------------------------------------------------------------------------------------ sets
+
+def test_response_sets_are_read_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text(json.dumps({"prompt": "p", "response": "r", "label": 1, "topic": "t"}) + "\n"
+                                      + json.dumps({"prompt": "p", "response": " ", "label": 0}) + "\n")
+    pairs = read_response_sets(tmp_path)
+    assert pairs == [ResponsePair("p", "r", 1, "t", "")]
+    (tmp_path / "b.jsonl").write_text(json.dumps({"prompt": "p", "label": 1}) + "\n")
+    with pytest.raises(DatasetError, match="b.jsonl:1"):
+        read_response_sets(tmp_path)
+    with pytest.raises(DatasetError):
+        read_response_sets(tmp_path / "missing")
+    assert response_layers(30)[0] == 1 and response_layers(30)[-1] == 30 and len(response_layers(30)) == 16
+    assert response_layers(3) == (1, 2, 3)
