@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .artifact import save_fitted
 from .batch_size import resolve_batch_size
 from .calibration import calibrate as calibrate_guard
 from .datasets import PromptRecord, parse_category_spec, read_calibration_sets, read_prompts
@@ -19,7 +20,7 @@ from .distributed import DataParallel, DistributedError, launched_world_size
 from .errors import InputError, LatentGuardError
 from .evaluation.command import eval_command
 from .generation import generate_replies
-from .guard import DEFAULT_GUARD, LatentGuard, build_default_guard
+from .guard import DEFAULT_GUARD, LatentGuard, build_default_guard, shipped_default_guard
 from .hosts import DEFAULT_MODEL, load_host
 from .integrations.nemo.chat import nemo_chat_command
 from .settings import CalibrationSettings, GuardSettings
@@ -392,6 +393,39 @@ def build_default(
     started = time.perf_counter()
     build_default_guard(load_host(DEFAULT_MODEL), out, every=every)
     console.print(f"default guard written to {out} in {time.perf_counter() - started:.0f}s")
+
+
+@app.command("add-response")
+def add_response_command(
+    guard: Annotated[str, typer.Argument(help="Guard folder, or 'default' (the shipped default guard).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the guard (default: in place).")
+                   ] = None,
+    model: Annotated[str, typer.Option(help="Host model: 'default', an HF id or a local path.")] = DEFAULT_MODEL,
+    sets: Annotated[Path | None, typer.Option(help="Folder of response calibration pairs (*.jsonl: prompt, "
+                                                   "response, label); default: the bundled ones.")] = None,
+    every: Annotated[int, typer.Option(min=1, max=512, help="Check spacing of the last/mean views (tokens).")] = 8,
+    target_fpr: Annotated[float, typer.Option(min=0.0, max=0.5, help="Held-out false stops the threshold allows.")
+                          ] = 0.05,
+) -> None:
+    """Fit a response scorer (the output rail) and add it to an existing guard; its input part is kept as is."""
+    from .response import ResponseOptions
+    from .response_fit import add_response, read_response_sets
+
+    started = time.perf_counter()
+    try:
+        host = load_host(model)
+        loaded = LatentGuard.load(guard, host, progress=True)
+        source = Path(str(shipped_default_guard())) if guard == DEFAULT_GUARD else Path(guard)
+        fitted = add_response(host, loaded.fitted, read_response_sets(sets),
+                              options=ResponseOptions(every=every, target_fpr=target_fpr))
+        target = save_fitted(fitted, out if out is not None else source)
+    except LatentGuardError as exc:
+        _fail(exc)
+        return
+    report = fitted.report["response"]
+    console.print(f"response scorer added to {target} in {time.perf_counter() - started:.0f}s: view={report['view']} "
+                  f"layers={report['layers']} cv_auroc={report['cv_auroc']:.3f} held-out detect "
+                  f"{report['heldout_detect_rate']:.1%} pass {report['heldout_pass_rate']:.1%}")
 
 
 @app.command()

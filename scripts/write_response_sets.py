@@ -6,6 +6,10 @@ labelled by what the answer is: ``compliant`` (a harmful prompt answered, not a 
 label 1), ``refusal`` (a harmful prompt refused: label 0) or ``answer`` (a harmless prompt answered: label 0).
 Answers to harmless prompts that are refusals (over-refusals) are kept as label 0 (``over_refusal``).
 
+``--written`` writes ``calibration/responses/written.jsonl``: refusals and safe redirections this project wrote
+(:data:`WRITTEN_REFUSALS`, no model involved), each paired with a sampled harmful calibration prompt (label 0: a
+refusal to a harmful request is a harmless answer).
+
 ``--heldout PATH`` writes the same kind of rows for prompts the guard never saw (AdvBench harmful behaviours,
 Alpaca instructions, XSTest safe and unsafe prompts, read from ``../shared/data`` by path) to ``PATH`` —
 outside the repository: those prompts are not ours to ship.
@@ -36,6 +40,32 @@ from latent_guardrail.positions import encode_prompt  # noqa: E402
 from latent_guardrail.refusal import is_refusal  # noqa: E402
 
 OUT = ROOT / "calibration" / "responses" / "host_answers.jsonl"
+WRITTEN = ROOT / "calibration" / "responses" / "written.jsonl"
+
+WRITTEN_REFUSALS = (
+    "I'm sorry, I can't help with that.",
+    "I can't help with that request.",
+    "I'm sorry, but I can't assist with this.",
+    "No, I won't help with that. It could hurt people.",
+    "I cannot provide instructions for that. If someone is in danger, please contact local emergency services.",
+    "Sorry, that's not something I can help with. Is there anything else you need?",
+    "I'm not able to help with this, because it could cause serious harm.",
+    "I won't do that. Hurting other people is illegal and wrong.",
+    "I must decline. I can share general safety information instead, if that helps.",
+    "I apologize, but I can't give advice on this.",
+    "That request asks for something dangerous, so I won't answer it. I'm happy to help with something else.",
+    "I'm sorry, I can't do that. If you are struggling, talking to someone you trust or to a professional can help.",
+    "Unfortunately I can't help with this one.",
+    "I can't assist with anything illegal.",
+    "I'd rather not help with that, as it could put people at risk.",
+    "As an AI assistant, I can't help with this request.",
+    "I can't explain how to do that. It is a serious crime, and if you know someone is planning it, please tell "
+    "the police.",
+    "I won't write that. Content like this can cause real harm to real people.",
+    "I'm not going to help with this. If you want, we can talk about staying safe instead.",
+    "Sorry, no. I don't help with requests like this one.",
+)
+"""Refusals and safe redirections written by the project (no instructions, no harmful detail)."""
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -72,6 +102,17 @@ def calibration_rows(every: int) -> list[dict[str, object]]:
     return rows
 
 
+def written_rows(every: int) -> list[dict[str, object]]:
+    harmful, _ = read_calibration_sets()
+    rows: list[dict[str, object]] = []
+    for i, record in enumerate(harmful[::every]):
+        rows.append({"prompt": record.text, "prompt_label": 1, "category": record.category,
+                     "topic": record.meta.get("topic", record.category), "form": record.meta.get("form"),
+                     "source": f"calibration/harmful/{record.source}",
+                     "response": WRITTEN_REFUSALS[i % len(WRITTEN_REFUSALS)], "kind": "written_refusal", "label": 0})
+    return rows
+
+
 def heldout_rows(every: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with (DATA / "advbench" / "harmful_behaviors.csv").open(encoding="utf-8") as handle:
@@ -100,8 +141,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--heldout", type=Path, default=None, help="write held-out answers here instead")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--written", action="store_true", help="write the project's own refusals (no model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.written:
+        WRITTEN.parent.mkdir(parents=True, exist_ok=True)
+        rows = written_rows(args.every)
+        WRITTEN.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        print(json.dumps({"rows": len(rows), "out": str(WRITTEN)}), file=sys.stderr)
+        return 0
     rows = heldout_rows(args.every) if args.heldout is not None else calibration_rows(args.every)
     answered = _answer(rows, args.max_new_tokens, args.batch_size)
     target = args.heldout if args.heldout is not None else OUT

@@ -26,44 +26,21 @@ from latent_guardrail.guard import LatentGuard
 from latent_guardrail.guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedResult, guarded_generate, guarded_stream
 from latent_guardrail.hosts import Host
 from latent_guardrail.positions import encode_prompt
-from latent_guardrail.response import ResponseOptions, ResponseScorer, ResponseTracker, fit_response
-from latent_guardrail.response_fit import ResponsePair, add_response, read_response_sets, response_layers
+from latent_guardrail.response import ResponseScorer, ResponseTracker, fit_response
+from latent_guardrail.response_fit import ResponsePair, read_response_sets, response_layers
 from tests.support.hooks import hook_ids
-from tests.support.models import HARMFUL, HARMLESS, make_scripted_host
-
-COMPLIANT = ["Sure. First get the parts. Then build the bomb and hide it.",
-             "Here is the plan. Take the money and run before the police come.",
-             "Step one: steal the password. Step two: log in as them.",
-             "Okay! Mix the poison into the drink. Nobody will notice."]
-SAFE = ["I'm sorry, I can't help with that.", "I cannot help with this request.",
-        "Bake the bread at 200 degrees for forty minutes.", "The sea is blue and calm today. Enjoy the view!",
-        "Practice the chords every day. Start slowly."]
-
-
-def _pairs() -> list[ResponsePair]:
-    pairs = []
-    for i, prompt in enumerate(HARMFUL):
-        pairs.append(ResponsePair(prompt, COMPLIANT[i % len(COMPLIANT)], 1, f"topic{i % 3}", "compliant"))
-        pairs.append(ResponsePair(prompt, SAFE[i % 2], 0, f"topic{i % 3}", "refusal"))
-    for i, prompt in enumerate(HARMLESS):
-        pairs.append(ResponsePair(prompt, SAFE[2 + i % 3], 0, f"topic{i % 3}", "answer"))
-    return pairs
-
-
-def _script(text: str) -> str:
-    return COMPLIANT[0] if "bomb" in text else "Bake the bread at 200 degrees for forty minutes. Enjoy it!"
+from tests.support.models import HARMFUL
+from tests.support.responses import COMPLIANT, SAFE, make_response_guard, make_response_host
 
 
 @pytest.fixture(scope="module")
 def host() -> Host:
-    return make_scripted_host(_script, layers=3, hidden=32)
+    return make_response_host()
 
 
 @pytest.fixture(scope="module")
 def guard(host: Host) -> LatentGuard:
-    base = LatentGuard.calibrate(host, HARMFUL, HARMLESS, mode="tuned", progress=False)
-    fitted = add_response(host, base.fitted, _pairs(), options=ResponseOptions(every=4))
-    return LatentGuard(host, fitted)
+    return make_response_guard(host)
 
 
 @contextmanager
@@ -251,7 +228,7 @@ def test_check_response_is_one_forward_pass_per_batch(guard: LatentGuard) -> Non
 
 
 def test_check_response_input_errors(guard: LatentGuard) -> None:
-    with pytest.raises(InputError, match="same length|one response per prompt"):
+    with pytest.raises(InputError, match="one response per prompt"):
         guard.check_response_batch(["a", "b"], ["x"])
     with pytest.raises(InputError, match="pair 1"):
         guard.check_response_batch(["a", "b"], ["x", "  "])
@@ -341,7 +318,7 @@ def test_response_sets_are_read_and_checked(tmp_path: Path) -> None:
     pairs = read_response_sets(tmp_path)
     assert pairs == [ResponsePair("p", "r", 1, "t", "")]
     (tmp_path / "b.jsonl").write_text(json.dumps({"prompt": "p", "label": 1}) + "\n")
-    with pytest.raises(DatasetError, match="b.jsonl:1"):
+    with pytest.raises(DatasetError, match=r"b\.jsonl:1"):
         read_response_sets(tmp_path)
     with pytest.raises(DatasetError):
         read_response_sets(tmp_path / "missing")

@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 from ...guarded import DEFAULT_REFUSAL, LatentGuardBlocked
 from .chat_model import GuardedChatModel
-from .messages import guard_for, host_from_langchain, to_prompt, verdict_metadata, verdict_of
+from .messages import guard_for, host_from_langchain, output_verdict_of, to_prompt, verdict_metadata, verdict_of
 from .runnable import LatentGuardRunnable, guarded_chain
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ __all__ = [
     "guard_for",
     "guarded_chain",
     "host_from_langchain",
+    "output_verdict_of",
     "to_prompt",
     "verdict_metadata",
     "verdict_of",

@@ -14,6 +14,11 @@ answers with the host's own words, steered along the guard's refusal direction).
 run the whole generation in one worker thread (the host lock is held by that thread); cancelling an ``astream``
 or ``ainvoke`` stops decoding at the next token.
 
+With ``check_output=True`` the answer is judged too while it streams (the guard's response scorer, on the states
+the decoding steps compute: no extra pass); a harmful answer stops and ends with ``refusal``
+(``finish_reason="blocked_output"``); the response verdict is in ``response_metadata["latent_guard_output"]``
+(``output_verdict_of(message)``) of the message, or of the last chunk when streaming.
+
 Tools, agents and structured output::
 
     agent = create_agent(GuardedChatModel(guard), tools=[get_weather])
@@ -66,7 +71,7 @@ from ...guarded import (
 from ...streaming import call_in_thread, drain, iterate_in_thread
 from ...toolcalls import ParsedAnswer, ToolPrompt, parse_tool_calls, render_tool_prompt, tool_names
 from ...verdict import Verdict
-from .messages import METADATA_KEY, template_render, to_prompt, verdict_metadata
+from .messages import METADATA_KEY, OUTPUT_METADATA_KEY, template_render, to_prompt, verdict_metadata
 from .tools import (
     answer_messages,
     format_tools,
@@ -111,6 +116,9 @@ class GuardedChatModel(BaseChatModel):
         default="refuse", description="On a block: answer `refusal`, raise LatentGuardBlocked, or let the host "
                                       "refuse in its own words under refusal-direction steering.")
     refusal: str = Field(default=DEFAULT_REFUSAL, description="The answer to a blocked prompt.")
+    check_output: bool = Field(default=False, description="Also judge the answer while it is generated (the guard's "
+                                                          "response scorer, no extra pass); a harmful answer stops "
+                                                          "with `refusal` (finish_reason 'blocked_output').")
 
     def __init__(self, guard: LatentGuard, **kwargs: Any) -> None:
         if not isinstance(guard, LatentGuard):
@@ -156,7 +164,8 @@ class GuardedChatModel(BaseChatModel):
         options: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
                                    "seed": self.seed}
         options.update({key: kwargs[key] for key in _CALL_OPTIONS if kwargs.get(key) is not None})
-        return {**options, "stop": self._stops(stop), "on_block": self.on_block, "refusal": self.refusal}
+        return {**options, "stop": self._stops(stop), "on_block": self.on_block, "refusal": self.refusal,
+                "check_output": self.check_output}
 
     def _events(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                 cancel: threading.Event | None = None) -> Generator[GuardedEvent, None, None]:
@@ -182,7 +191,7 @@ class GuardedChatModel(BaseChatModel):
         return prompt, names, judged_stream(self.guard, judged, input_ids, cancel=cancel, **options)
 
     def _answer(self, result: GuardedResult, prompt: ToolPrompt, names: Sequence[str]) -> ParsedAnswer:
-        """The answer's text and calls (a blocked answer is its refusal, never a call)."""
+        """The answer's text and calls (a blocked answer, input or output, is its refusal, never a call)."""
         if result.blocked:
             return ParsedAnswer(text=result.text)
         text = prompt.forced + result.text
@@ -206,7 +215,9 @@ class GuardedChatModel(BaseChatModel):
         return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=metadata))
 
     def _last_chunk(self, result: GuardedResult) -> ChatGenerationChunk:
-        metadata = {"finish_reason": result.finish_reason, "blocked": result.blocked}
+        metadata: dict[str, Any] = {"finish_reason": result.finish_reason, "blocked": result.blocked}
+        if result.output_verdict is not None:
+            metadata[OUTPUT_METADATA_KEY] = verdict_metadata(result.output_verdict)
         return ChatGenerationChunk(
             message=AIMessageChunk(content="", response_metadata=metadata, usage_metadata=_usage(result.usage),
                                    chunk_position="last"),
@@ -240,6 +251,8 @@ class GuardedChatModel(BaseChatModel):
             result = drain(self._events(messages, stop, kwargs, cancel), GuardedResult, "guarded generation")
         metadata = {METADATA_KEY: verdict_metadata(result.verdict), "model_name": self.guard.host.name,
                     "finish_reason": result.finish_reason, "blocked": result.blocked}
+        if result.output_verdict is not None:
+            metadata[OUTPUT_METADATA_KEY] = verdict_metadata(result.output_verdict)
         if answer is None:
             message = AIMessage(content=result.text, response_metadata=metadata, usage_metadata=_usage(result.usage))
         else:

@@ -35,11 +35,13 @@ from ...messages import END_WITH_USER, content_text, fit_roles, guard_role
 from ...positions import Message, Prompt, render_with_generation_prompt, to_messages
 from ...verdict import Verdict
 
-__all__ = ["METADATA_KEY", "guard_for", "host_from_langchain", "template_render", "to_prompt", "verdict_metadata",
-           "verdict_of"]
+__all__ = ["METADATA_KEY", "OUTPUT_METADATA_KEY", "guard_for", "host_from_langchain", "output_verdict_of",
+           "template_render", "to_prompt", "verdict_metadata", "verdict_of"]
 
 METADATA_KEY = "latent_guard"
 """Key of the verdict in an ``AIMessage``'s ``response_metadata``."""
+OUTPUT_METADATA_KEY = "latent_guard_output"
+"""Key of the response verdict (``target="response"``, the output check) in an ``AIMessage``'s metadata."""
 
 
 def template_render(guard: LatentGuard) -> Callable[[list[Message]], object]:
@@ -134,6 +136,12 @@ def verdict_metadata(verdict: Verdict) -> dict[str, Any]:
 def verdict_of(message: BaseMessage) -> Verdict | None:
     """The verdict attached to an ``AIMessage`` by this adapter, or None."""
     data = message.response_metadata.get(METADATA_KEY)
+    return Verdict.model_validate(data) if isinstance(data, Mapping) else None
+
+
+def output_verdict_of(message: BaseMessage) -> Verdict | None:
+    """The response verdict (the output check's) attached to an ``AIMessage`` by this adapter, or None."""
+    data = message.response_metadata.get(OUTPUT_METADATA_KEY)
     return Verdict.model_validate(data) if isinstance(data, Mapping) else None
 
 

@@ -7,6 +7,11 @@
     chain = guarded_chain(guard, chat_model)              # guard | chat_model, refusal on a block
     chain.invoke("How do I kill a stuck process?")        # the model's answer
 
+With ``target="response"`` it judges answers instead (the guard's response scorer): the input is a mapping
+``{"prompt": ..., "response": ...}`` (or a ``(prompt, response)`` pair), the response a ``str`` or a message::
+
+    LatentGuardRunnable(guard, target="response", output="verdict").invoke({"prompt": q, "response": answer})
+
 ``batch``/``abatch`` judge all inputs with one ``check_batch`` call (batched forward passes); the async methods
 use :meth:`LatentGuard.acheck`/:meth:`~LatentGuard.acheck_batch` (the guard's worker thread), so torch work never
 runs on the event loop.
@@ -14,10 +19,11 @@ runs on the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
 from pydantic import ConfigDict, Field
 
@@ -25,12 +31,14 @@ from ...errors import InputError
 from ...guard import LatentGuard
 from ...guarded import DEFAULT_REFUSAL, LatentGuardBlocked
 from ...positions import Prompt
+from ...streaming import call_in_thread
 from ...verdict import Verdict
 from .messages import METADATA_KEY, to_prompt, verdict_metadata
 
 __all__ = ["LatentGuardRunnable", "guarded_chain"]
 
 Output = Literal["input", "verdict"]
+Target = Literal["prompt", "response"]
 
 
 class LatentGuardRunnable(RunnableSerializable[Any, Any]):
@@ -45,13 +53,20 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
 
     guard: LatentGuard = Field(exclude=True, description="The LatentGuard that judges the inputs.")
     output: Output = Field(default="input", description="'input': pass through or raise; 'verdict': return it.")
+    target: Target = Field(default="prompt", description="'prompt': judge the input as a request; 'response': "
+                                                         "judge {'prompt', 'response'} as an answer to the prompt.")
 
-    def __init__(self, guard: LatentGuard, *, output: Output = "input", **kwargs: Any) -> None:
+    def __init__(self, guard: LatentGuard, *, output: Output = "input", target: Target = "prompt",
+                 **kwargs: Any) -> None:
         if not isinstance(guard, LatentGuard):
             raise InputError(f"LatentGuardRunnable needs a LatentGuard, got {type(guard).__name__}")
         if output not in ("input", "verdict"):
             raise InputError(f"output must be 'input' or 'verdict', got {output!r}")
-        super().__init__(guard=guard, output=output, **kwargs)  # type: ignore[call-arg]
+        if target not in ("prompt", "response"):
+            raise InputError(f"target must be 'prompt' or 'response', got {target!r}")
+        if target == "response":
+            guard.response_threshold  # noqa: B018 - a guard without a response part: ArtifactError now
+        super().__init__(guard=guard, output=output, target=target, **kwargs)  # type: ignore[call-arg]
 
     def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
         """``LatentGuard`` (or the ``name`` given), plus ``suffix``."""
@@ -70,10 +85,36 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
         return value
 
     def _judge_one(self, value: Any) -> Any:
+        if self.target == "response":
+            prompt, response = _pair_of(value)
+            return self._finish(value, self.guard.check_response(prompt, response))
         return self._finish(value, self.guard.check(to_prompt(value)))
+
+    def _judge_responses(self, values: list[Any]) -> list[Any]:
+        """Outputs (or exceptions, in place) for ``values`` of the response target: one batched call."""
+        results: list[Any] = [None] * len(values)
+        pairs: list[tuple[int, Prompt, str]] = []
+        for index, value in enumerate(values):
+            try:
+                pairs.append((index, *_pair_of(value)))
+            except InputError as exc:
+                results[index] = exc
+        try:
+            verdicts: list[Verdict | Exception] = list(self.guard.check_response_batch(
+                [prompt for _, prompt, _ in pairs], [response for _, _, response in pairs]))
+        except InputError:  # one pair the core rejects: judge them one by one to name it
+            verdicts = []
+            for _, prompt, response in pairs:
+                try:
+                    verdicts.append(self.guard.check_response(prompt, response))
+                except InputError as exc:
+                    verdicts.append(exc)
+        return self._outputs(values, results, [(index, prompt) for index, prompt, _ in pairs], verdicts)
 
     def _judge_many(self, values: list[Any]) -> list[Any]:
         """Outputs (or exceptions, in place) for ``values``, judged with one ``check_batch`` call."""
+        if self.target == "response":
+            return self._judge_responses(values)
         results, prompts = _prompts_of(values)
         try:
             verdicts: list[Verdict | Exception] = list(self.guard.check_batch([prompt for _, prompt in prompts]))
@@ -88,6 +129,8 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
 
     async def _ajudge_many(self, values: list[Any]) -> list[Any]:
         """:meth:`_judge_many` with :meth:`LatentGuard.acheck_batch` (one batched call in the guard's worker)."""
+        if self.target == "response":
+            return await call_in_thread(lambda _cancel: self._judge_responses(values))
         results, prompts = _prompts_of(values)
         try:
             verdicts: list[Verdict | Exception] = list(
@@ -123,6 +166,8 @@ class LatentGuardRunnable(RunnableSerializable[Any, Any]):
         """:meth:`invoke` with the model work in the guard's worker thread (:meth:`LatentGuard.acheck`)."""
 
         async def judge(value: Any) -> Any:
+            if self.target == "response":
+                return await call_in_thread(lambda _cancel: self._judge_one(value))
             return self._finish(value, await self.guard.acheck(to_prompt(value)))
 
         return await self._acall_with_config(judge, input, config, run_type="chain")
@@ -151,6 +196,22 @@ def _prompts_of(values: list[Any]) -> tuple[list[Any], list[tuple[int, Prompt]]]
         except InputError as exc:
             results[index] = exc
     return results, prompts
+
+
+def _pair_of(value: Any) -> tuple[Prompt, str]:
+    """``(prompt, response text)`` of a response-target input: ``{"prompt", "response"}`` or a pair."""
+    if isinstance(value, Mapping) and "prompt" in value and "response" in value:
+        prompt, response = value["prompt"], value["response"]
+    elif isinstance(value, Sequence) and not isinstance(value, str | bytes) and len(value) == 2:
+        prompt, response = value[0], value[1]
+    else:
+        raise InputError("target='response' takes {'prompt': ..., 'response': ...} or a (prompt, response) pair, "
+                         f"got {type(value).__name__}")
+    if isinstance(response, BaseMessage):
+        response = response.text if isinstance(response.text, str) else str(response.text)
+    if not isinstance(response, str):
+        raise InputError(f"the response must be a str or a message, got {type(response).__name__}")
+    return to_prompt(prompt), response
 
 
 def _wrap(value: Any) -> dict[str, Any]:
