@@ -1,4 +1,5 @@
-"""The rail's action, ``latent_guard_check_input`` (a system action; NeMo loads this file from the rail folder).
+"""The rail's actions, ``latent_guard_check_input`` and ``latent_guard_check_output`` (system actions; NeMo loads
+this file from the rail folder).
 
 NeMo executes this file on its own (not as part of the package), hence the absolute imports. The action needs
 only something with ``check_input`` (:class:`InputRail`; the app's
@@ -14,12 +15,15 @@ from typing import Any, Protocol
 from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
-__all__ = ["ACTION_NAME", "RAIL_PARAM", "InputRail", "latent_guard_check_input"]
+__all__ = ["ACTION_NAME", "OUTPUT_ACTION_NAME", "RAIL_PARAM", "InputRail", "OutputRail", "latent_guard_check_input",
+           "latent_guard_check_output"]
 
 logger = logging.getLogger("latent_guardrail.integrations.nemo.actions")
 
 ACTION_NAME = "latent_guard_check_input"
 """The action's name in the flows."""
+OUTPUT_ACTION_NAME = "latent_guard_check_output"
+"""The output action's name in the flows."""
 RAIL_PARAM = "latent_guard_rail"
 """Name of the action parameter through which NeMo hands the app's rail to the action."""
 
@@ -29,6 +33,14 @@ class InputRail(Protocol):
 
     async def check_input(self, text: Any, *, config: Any = None, llm: Any = None) -> RailOutcome:
         """Judge the user's message; never raises."""
+        ...
+
+
+class OutputRail(Protocol):
+    """What the output action calls: the app's rail."""
+
+    async def check_output(self, text: Any, user_text: Any, *, config: Any = None, llm: Any = None) -> RailOutcome:
+        """Judge the bot's answer ``text`` to the user's ``user_text``; never raises."""
         ...
 
 
@@ -55,3 +67,32 @@ async def latent_guard_check_input(
         return RailOutcome.block(reason="latent guard not registered",
                                  metadata={"status": "error", "error": "not_registered"})
     return await latent_guard_rail.check_input(text, config=config, llm=llm)
+
+
+@action(is_system_action=True, name=OUTPUT_ACTION_NAME)
+async def latent_guard_check_output(
+    text: str | None = None,
+    user_text: str | None = None,
+    context: dict[str, Any] | None = None,
+    config: Any = None,
+    llm: Any = None,
+    latent_guard_rail: OutputRail | None = None,
+) -> RailOutcome:
+    """Judge the bot's answer from the host's states at the answer's tokens: ``RailOutcome.block`` or ``.allow``.
+
+    Args:
+        text: the answer (default: ``$bot_message`` from the context).
+        user_text: the user's message it answers (default: ``$user_message``).
+        context, config, llm: passed by NeMo.
+        latent_guard_rail: the app's rail, registered by ``register(app, ...)``.
+    """
+    if text is None:
+        text = (context or {}).get("bot_message")
+    if user_text is None:
+        user_text = (context or {}).get("user_message")
+    if latent_guard_rail is None:
+        logger.error("the latent guard rail has no guard: add latent_guardrail.integrations.nemo.rail_path() to "
+                     "import_paths, or call latent_guardrail.integrations.nemo.register(app, guard)")
+        return RailOutcome.block(reason="latent guard not registered",
+                                 metadata={"status": "error", "error": "not_registered"})
+    return await latent_guard_rail.check_output(text, user_text, config=config, llm=llm)

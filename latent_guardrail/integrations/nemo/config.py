@@ -8,6 +8,7 @@ reads its own section of ``custom_data`` and validates it here (``extra="forbid"
         guard: default          # or a folder written by `latent-guardrail calibrate -o FOLDER`
         host: null              # host model of that folder: HF id, local path or .gguf (null = the default host)
         threshold: null         # override of the fitted threshold
+        response_threshold: null  # override of the response scorer's threshold (flow `latent guard check output`)
         mode: auto              # auto | check | shared (see below)
         on_error: block         # block | allow: what an internal failure of the guard does
         on_block: refuse        # refuse (the flow's canned refusal) | steer (the host refuses in its own words)

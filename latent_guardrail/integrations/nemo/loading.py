@@ -56,6 +56,9 @@ class LatentGuardRailSettings(BaseModel):
         description="Host model of an artifact folder: HF id, local folder or .gguf file (null = the default host).")
     threshold: float | None = Field(
         default=None, allow_inf_nan=False, description="Override of the fitted threshold (null = fitted).")
+    response_threshold: float | None = Field(
+        default=None, allow_inf_nan=False,
+        description="Override of the response scorer's threshold for `latent guard check output` (null = fitted).")
     category_policy: dict[str, Literal["block", "allow", "monitor"]] = Field(
         default_factory=dict,
         description="Per risk category: block (default), allow or monitor (GuardSettings.category_policy).")

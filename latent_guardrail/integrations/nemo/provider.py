@@ -46,7 +46,7 @@ from latent_guardrail.positions import Message, Prompt
 from latent_guardrail.streaming import call_in_thread, drain, iterate_in_thread
 from latent_guardrail.verdict import Verdict
 
-__all__ = ["PROVIDER_NAME", "CallOptions", "HostModelOptions", "LatentHostModel", "PreparedAnswers",
+__all__ = ["PROVIDER_NAME", "CallOptions", "HostModelOptions", "LatentHostModel", "OutputVerdicts", "PreparedAnswers",
            "prompt_from_nemo", "register_provider"]
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ PROVIDER_NAME = "latent_guardrail"
 """The ``engine`` name of the provider in a NeMo config."""
 
 METADATA_KEY = "latent_guard"
-_FINISH = {"stop": "stop", "length": "length", "blocked": "content_filter", "cancelled": "other"}
+OUTPUT_METADATA_KEY = "latent_guard_output"
+_FINISH = {"stop": "stop", "length": "length", "blocked": "content_filter", "blocked_output": "content_filter",
+           "cancelled": "other"}
 _IGNORED_CALL_OPTIONS = frozenset({"top_p", "top_k", "n", "presence_penalty", "frequency_penalty", "logprobs"})
 
 
@@ -76,6 +78,10 @@ class HostModelOptions(BaseModel):
     threshold: float | None = Field(default=None, allow_inf_nan=False,
                                     description="Override of the guard's fitted threshold (null = fitted).")
     refusal: str = Field(default=DEFAULT_REFUSAL, description="The answer to a prompt the guard blocks.")
+    check_output: bool = Field(
+        default=False, description="Also judge each answer while it is generated (the guard's response scorer, from "
+                                   "the decoding steps' own states: no extra pass); a harmful answer stops and ends "
+                                   "with `refusal`. The `latent guard check output` rail then reuses that verdict.")
 
 
 @dataclass(frozen=True)
@@ -87,11 +93,12 @@ class _Answer:
     finish_reason: str
     blocked: bool
     verdict: Verdict | None
+    output_verdict: Verdict | None = None
 
     @classmethod
     def of(cls, result: GuardedResult) -> _Answer:
         return cls(text=result.text, usage=result.usage, finish_reason=result.finish_reason, blocked=result.blocked,
-                   verdict=result.verdict)
+                   verdict=result.verdict, output_verdict=result.output_verdict)
 
 
 def prompt_from_nemo(prompt: str | Sequence[ChatMessage | Mapping[str, Any]]) -> Prompt:
@@ -143,8 +150,10 @@ class PreparedAnswers:
         self._size = 0
 
     def put(self, prompt: Prompt, options: CallOptions, result: GuardedResult) -> None:
-        """Keep ``result`` (an allowed, complete answer) for the main-LLM call of ``prompt``."""
-        if result.blocked or result.verdict.status != "ok" or result.finish_reason == "cancelled":
+        """Keep ``result`` (an allowed, complete answer, or one the output check stopped) for the main-LLM call of
+        ``prompt``."""
+        stopped_prompt = result.blocked and result.finish_reason != "blocked_output"
+        if stopped_prompt or result.verdict.status != "ok" or result.finish_reason == "cancelled":
             return
         now = time.monotonic()
         with self._lock:
@@ -186,6 +195,43 @@ class PreparedAnswers:
                 del self._entries[key]
 
 
+class OutputVerdicts:
+    """Response verdicts the output check computed while answering, waiting for the output rail of their request.
+
+    Keyed by the prompt and the answer's text (the text the rail is handed); each is taken once, expires after
+    ``ttl`` seconds, at most ``capacity`` are kept. Failures are never stored. Thread-safe.
+    """
+
+    def __init__(self, ttl: float = 120.0, capacity: int = 256) -> None:
+        self.ttl = ttl
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[float, Verdict]] = {}
+
+    def put(self, prompt: Prompt, text: str, verdict: Verdict | None) -> None:
+        """Keep ``verdict`` (a response verdict with status ok) for the output rail's check of ``text``."""
+        if verdict is None or verdict.status != "ok" or verdict.target != "response":
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._entries = {key: value for key, value in self._entries.items() if value[0] > now}
+            if len(self._entries) >= self.capacity:
+                del self._entries[min(self._entries, key=lambda key: self._entries[key][0])]
+            self._entries[(prompt_key(prompt), text.strip())] = (now + self.ttl, verdict)
+
+    def take(self, prompt: Prompt, text: str) -> Verdict | None:
+        """The stored verdict of ``text`` as the answer to ``prompt`` (removed), or None."""
+        with self._lock:
+            found = self._entries.pop((prompt_key(prompt), text.strip()), None)
+        if found is None or found[0] <= time.monotonic():
+            return None
+        return found[1]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
 class LatentHostModel:
     """NeMo's main LLM on a latent guard's host (implements ``nemoguardrails.types.LLMModel``).
 
@@ -218,7 +264,11 @@ class LatentHostModel:
             raise NemoConfigError(f"LatentHostModel needs a LatentGuard or a guard spec, got {type(guard).__name__}")
         self.base_guard = base
         self.guard = base if self.options.threshold is None else base.with_settings(threshold=self.options.threshold)
+        if self.options.check_output and base.response is None:
+            raise NemoConfigError(f"{PROVIDER_NAME} parameters: check_output: true needs a guard with a response part "
+                                  "(add one with `latent-guardrail add-response GUARD_DIR`)")
         self.prepared = PreparedAnswers()
+        self.output_verdicts = OutputVerdicts()
 
     # ------------------------------------------------------------------ LLMModel protocol
     @property
@@ -243,9 +293,11 @@ class LatentHostModel:
         options = self.call_options(stop, kwargs)
         prepared = self.prepared.take(guard_prompt, options)
         if prepared is not None:
+            self.output_verdicts.put(guard_prompt, prepared.text, prepared.output_verdict)
             return self._response(_Answer.of(prepared), shared=True)
         # cancelled while the thread still decodes: call_in_thread sets cancel, decoding stops at the next token
         result = await call_in_thread(lambda cancel: self._generate(guard_prompt, options, cancel))
+        self.output_verdicts.put(guard_prompt, result.text, result.output_verdict)
         return self._response(result, shared=False)
 
     async def stream_async(self, prompt: str | list[ChatMessage], *, stop: list[str] | None = None,
@@ -255,6 +307,7 @@ class LatentHostModel:
         options = self.call_options(stop, kwargs)
         prepared = self.prepared.take(guard_prompt, options)
         if prepared is not None:
+            self.output_verdicts.put(guard_prompt, prepared.text, prepared.output_verdict)
             yield LLMResponseChunk(delta_content=prepared.text, model=self.model_name)
             yield self._last_chunk(_Answer.of(prepared), shared=True)
             return
@@ -272,6 +325,7 @@ class LatentHostModel:
                     if isinstance(event, GuardedChunk) and event.text:
                         yield LLMResponseChunk(delta_content=event.text, model=self.model_name)
                     elif isinstance(event, GuardedResult):
+                        self.output_verdicts.put(guard_prompt, event.text, event.output_verdict)
                         yield self._last_chunk(_Answer.of(event), shared=False)
 
         async for chunk in iterate_in_thread(chunks):
@@ -308,7 +362,7 @@ class LatentHostModel:
     # ------------------------------------------------------------------ generation
     def _generate_kwargs(self, options: CallOptions) -> dict[str, Any]:
         return {"max_new_tokens": options.max_new_tokens, "temperature": float(options.temperature),
-                "seed": options.seed, "stop": list(options.stop) or None}
+                "seed": options.seed, "stop": list(options.stop) or None, "check_output": self.options.check_output}
 
     def _generate(self, prompt: Prompt, options: CallOptions, cancel: threading.Event) -> _Answer:
         if not self.options.guarded:
@@ -330,8 +384,11 @@ class LatentHostModel:
     # ------------------------------------------------------------------ NeMo types
     def _metadata(self, result: _Answer, shared: bool) -> dict[str, Any]:
         verdict = None if result.verdict is None else result.verdict.model_dump(mode="json")
-        return {METADATA_KEY: verdict, "blocked": result.blocked,
-                "shared_prefill": shared, "finish_reason": result.finish_reason}
+        metadata = {METADATA_KEY: verdict, "blocked": result.blocked,
+                    "shared_prefill": shared, "finish_reason": result.finish_reason}
+        if result.output_verdict is not None:
+            metadata[OUTPUT_METADATA_KEY] = result.output_verdict.model_dump(mode="json")
+        return metadata
 
     def _usage(self, usage: Usage) -> UsageInfo:
         return UsageInfo(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,

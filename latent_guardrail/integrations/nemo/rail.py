@@ -1,6 +1,11 @@
 """The rail's per-app state and its registration: :class:`LatentGuardRail`, :func:`register`, :func:`rail_path`.
 
-:meth:`LatentGuardRail.check_input` is what the ``latent_guard_check_input`` action runs. It judges the user's
+:meth:`LatentGuardRail.check_input` is what the ``latent_guard_check_input`` action runs;
+:meth:`LatentGuardRail.check_output` is what ``latent_guard_check_output`` (the flow ``latent guard check output``)
+runs: the bot's answer judged by the guard's response scorer. With the ``latent_guardrail`` main LLM on the
+guard's host and ``check_output: true`` in its parameters, the answer was already judged while it was generated
+(from the decoding steps' own states) and the rail takes that verdict; otherwise it runs one forward pass over the
+prompt and the answer. It judges the user's
 message (in Colang 1.0, the conversation as the main LLM will see it) and translates the verdict into NeMo's
 ``RailOutcome``: ``block`` or ``allow``, with the score, threshold, category and layers in ``metadata``.
 
@@ -33,7 +38,13 @@ from nemoguardrails.context import generation_options_var, raw_llm_request
 from latent_guardrail.errors import InputError, LatentGuardError
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.guarded import GuardedResult, OnBlock, guarded_generate, steered_refusal
-from latent_guardrail.integrations.nemo.actions import ACTION_NAME, RAIL_PARAM, latent_guard_check_input
+from latent_guardrail.integrations.nemo.actions import (
+    ACTION_NAME,
+    OUTPUT_ACTION_NAME,
+    RAIL_PARAM,
+    latent_guard_check_input,
+    latent_guard_check_output,
+)
 from latent_guardrail.integrations.nemo.loading import (
     LatentGuardRailSettings,
     NemoConfigError,
@@ -52,12 +63,15 @@ from latent_guardrail.steering import Direction
 from latent_guardrail.streaming import call_in_thread
 from latent_guardrail.verdict import Verdict
 
-__all__ = ["ACTION_NAME", "FLOW_NAME", "RAIL_PARAM", "LatentGuardRail", "rail_path", "register", "rail_outcome"]
+__all__ = ["ACTION_NAME", "FLOW_NAME", "OUTPUT_ACTION_NAME", "OUTPUT_FLOW_NAME", "RAIL_PARAM", "LatentGuardRail",
+           "rail_path", "register", "rail_outcome"]
 
 logger = logging.getLogger(__name__)
 
 FLOW_NAME = "latent guard check input"
 """The input-rail flow that runs the action (``flows.co``, ``flows.v1.co``)."""
+OUTPUT_FLOW_NAME = "latent guard check output"
+"""The output-rail flow (``flows.co``, ``flows.v1.co``); it needs a guard with a response part."""
 
 
 def rail_path() -> str:
@@ -76,7 +90,7 @@ def rail_outcome(verdict: Verdict, *, shared_prefill: bool = False, refusal: str
     data = verdict.model_dump(mode="json")
     metadata = {key: data[key] for key in ("score", "threshold", "category", "layers", "layer_scores",
                                            "category_scores", "status", "error", "truncated", "sanitized", "mode",
-                                           "fingerprint")}
+                                           "fingerprint", "target")}
     metadata.update(shared_prefill=shared_prefill, refusal=refusal if verdict.harmful else None)
     if verdict.harmful:
         return RailOutcome.block(reason=f"latent guard: {verdict.summary()}", metadata=metadata)
@@ -102,6 +116,8 @@ class LatentGuardRail:
         changes: dict[str, Any] = {"on_error": self.settings.on_error}
         if self.settings.threshold is not None:
             changes["threshold"] = self.settings.threshold
+        if self.settings.response_threshold is not None:
+            changes["response_threshold"] = self.settings.response_threshold
         if self.settings.category_policy or self.settings.category_thresholds:
             # on top of the guard's own (an extended guard carries its new categories' thresholds)
             changes["category_policy"] = {**guard.settings.category_policy, **self.settings.category_policy}
@@ -135,6 +151,36 @@ class LatentGuardRail:
         except Exception as exc:  # the failure policy decides; the guard logs the failure with its reason code
             logger.debug("latent guard rail failed", exc_info=True)
             return rail_outcome(self.guard.failure_verdict(exc))  # on_error is block or allow here: never raises
+
+    async def check_output(self, text: Any, user_text: Any, *, config: Any = None, llm: Any = None) -> RailOutcome:
+        """Judge the bot's answer ``text`` to the user's message ``user_text``; never raises.
+
+        The verdict the latent main LLM's output check computed for this very answer is reused (no pass); else one
+        forward pass over the prompt and the answer (:meth:`LatentGuard.check_response`, in a worker thread). An
+        empty answer passes (nothing was said); an internal failure blocks or allows as ``on_error`` says.
+        """
+        try:
+            if not isinstance(text, str):
+                raise InputError(f"the bot message must be a str, got {type(text).__name__}")
+            if not isinstance(user_text, str) or not user_text.strip():
+                raise InputError("the output rail needs the user's message the answer replies to")
+            if not text.strip():
+                return RailOutcome.allow(reason="latent guard: empty answer", metadata={"target": "response"})
+            prompt = self._prompt(user_text, config)
+            if isinstance(llm, LatentHostModel) and llm.shares_host_with(self.guard):
+                stored = llm.output_verdicts.take(prompt, text)
+                if stored is not None:
+                    return rail_outcome(self._rethreshold(stored), shared_prefill=True)
+            verdict = await call_in_thread(lambda _cancel: self.guard.check_response(prompt, text))
+            return rail_outcome(verdict)
+        except Exception as exc:  # the failure policy decides; the guard logs the failure with its reason code
+            logger.debug("latent guard output rail failed", exc_info=True)
+            return rail_outcome(self.guard.response_failure(exc))
+
+    def _rethreshold(self, verdict: Verdict) -> Verdict:
+        """A stored response verdict decided again at this rail's response threshold."""
+        threshold = self.guard.response_threshold
+        return verdict.model_copy(update={"threshold": threshold, "harmful": verdict.score >= threshold})
 
     def close(self) -> None:
         """Stop the batcher's worker thread after the checks already queued (idempotent; it also stops on its own
@@ -194,14 +240,17 @@ class LatentGuardRail:
         try:
             result: GuardedResult = await call_in_thread(lambda cancel: guarded_generate(
                 self.guard, prompt, max_new_tokens=call.max_new_tokens, temperature=float(call.temperature),
-                seed=call.seed, stop=list(call.stop) or None, on_block=on_block, cancel=cancel))
+                seed=call.seed, stop=list(call.stop) or None, on_block=on_block, cancel=cancel,
+                check_output=llm.options.check_output))
         except LatentGuardError as exc:  # e.g. the prefill failed and the policy allowed: judge on its own
             logger.warning("shared prefill failed (%s); checking separately", exc)
             return await self._check(prompt)
-        if not result.blocked:
+        answered = not result.blocked or result.finish_reason == "blocked_output"  # the prompt itself passed
+        if answered:
             llm.prepared.put(prompt, call, result)
-        refusal = str(result.text).strip() or None if result.blocked and on_block == "steer" else None
-        return rail_outcome(result.verdict, shared_prefill=not result.blocked, refusal=refusal)
+        blocked = result.finish_reason == "blocked"
+        refusal = str(result.text).strip() or None if blocked and on_block == "steer" else None
+        return rail_outcome(result.verdict, shared_prefill=answered, refusal=refusal)
 
 
 def _empty_outcome(guard: LatentGuard) -> RailOutcome:
@@ -259,11 +308,22 @@ def register(app: Any, guard: LatentGuard | None = None) -> LatentGuardRail | No
     _check_mode(config, settings, getattr(app, "llm", None))
     register_provider()
     app.register_action(latent_guard_check_input, name=ACTION_NAME)
+    app.register_action(latent_guard_check_output, name=OUTPUT_ACTION_NAME)
     if guard is None:
         if settings.guard is None:
             return None
         guard = shared_guard(resolve_guard_path(settings.guard, _config_base(config)), settings.host)
+    if _uses_output_flow(config) and guard.response is None:
+        raise NemoConfigError(f"the flow '{OUTPUT_FLOW_NAME}' needs a guard with a response part; add one with "
+                              "`latent-guardrail add-response GUARD_DIR` or use the default guard")
     rail = LatentGuardRail(guard, settings)
     app.register_action_param(RAIL_PARAM, rail)
     return rail
+
+
+def _uses_output_flow(config: Any) -> bool:
+    """Whether the config's output rails run ``latent guard check output`` (Colang 1.0 ``rails.output.flows``; a
+    Colang 2.x config names it in its own ``output rails`` flow, checked when the flow runs)."""
+    output = getattr(getattr(config, "rails", None), "output", None)
+    return OUTPUT_FLOW_NAME in list(getattr(output, "flows", None) or [])
 
