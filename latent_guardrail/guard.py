@@ -43,6 +43,7 @@ from .normalize import close_sentence, normalize_prompt
 from .policy import CategoryPolicy, Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .response import ResponseScore, ResponseScorer
+from .response_fit import add_response, read_response_sets
 from .segments import sentence_groups, typed_turns
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
 from .state_cache import StateCache
@@ -619,6 +620,8 @@ def _default_guard_for(host: Host, progress: bool) -> Path:
     if not (folder / "guard.json").is_file():
         logger.info("fitting the default guard on the bundled calibration sets (first use for this host)")
         build_default_guard(host, folder, progress=progress)
+        # the output rail: a response scorer on the bundled answers (made by the default host, read by this one)
+        save_fitted(add_response(host, load_fitted(folder)), folder)
     return folder
 
 
@@ -644,4 +647,6 @@ def default_guard_dir(host: Host) -> Path:
         digest.update(f"{record.label}|{record.category}|{record.text}\n".encode())
     digest.update(DEFAULT_RECIPE.model_dump_json().encode())
     digest.update(DEFAULT_GUARD_SETTINGS.model_dump_json().encode())
+    for pair in read_response_sets():
+        digest.update(f"{pair.label}|{pair.group}|{pair.prompt}|{pair.response}\n".encode())
     return cache_root() / "guards" / f"default-{digest.hexdigest()[:12]}"
