@@ -42,7 +42,7 @@ from .fitted import FittedGuard
 from .hosts import Host
 from .layers import decoder_blocks
 from .metrics import auroc, threshold_at_fpr
-from .normalize import normalize_prompt
+from .normalize import normalize_for
 from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores
 from .positions import Prompt, PromptEncoding, encode_batch
 from .scorers import scorer_from_artifact
@@ -412,8 +412,7 @@ def _fold_of(groups: np.ndarray, folds: int) -> np.ndarray:
 
 def _judged(items: Sequence[CalibrationItem], guard: GuardSettings) -> list[Prompt]:
     """The items' prompts as the guard judges them (normalised as calibration does)."""
-    return [normalize_prompt(item.prompt, case_fold=guard.case_fold)[0] if guard.normalize else item.prompt
-            for item in items]
+    return [normalize_for(item.prompt, guard)[0] for item in items]
 
 
 def state_keys(base: FittedGuard, items: Sequence[CalibrationItem]) -> list[str]:

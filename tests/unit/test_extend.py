@@ -18,7 +18,7 @@ from latent_guardrail.extend import base_items, state_keys
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
 from latent_guardrail.policy import CategoryPolicy, Scores
-from latent_guardrail.settings import CalibrationSettings
+from latent_guardrail.settings import CalibrationSettings, GuardSettings
 from latent_guardrail.state_cache import StateCache
 from tests.support.models import HARMFUL, HARMLESS
 
@@ -34,7 +34,9 @@ PROBES = LEGAL[:3] + HARMFUL[:3] + HARMLESS[:3] + ["Thanks! Also, can I break my
 
 @pytest.fixture(scope="module")
 def base(tiny_host: Host) -> LatentGuard:
-    return LatentGuard.calibrate(tiny_host, BASE_H, BASE_B, mode="pooled", settings=RECIPE, progress=False)
+    # the default guard's text settings, so that extend must normalise exactly as calibration does
+    return LatentGuard.calibrate(tiny_host, BASE_H, BASE_B, mode="pooled", settings=RECIPE, progress=False,
+                                 guard_settings=GuardSettings(case_fold=True, close_sentences=True))
 
 
 @pytest.fixture(scope="module")
