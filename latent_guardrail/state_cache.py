@@ -52,6 +52,7 @@ __all__ = ["CacheStats", "StateCache", "StateCacheWarning", "cached_end_states",
 FORMAT = "latent-guardrail/states/2"
 DEFAULT_MAX_BYTES = 2048 * 1024 * 1024
 _SUFFIX = ".safetensors"
+_CHUNK = 512
 
 
 class StateCacheWarning(UserWarning):
@@ -260,13 +261,15 @@ def cached_end_states(model: torch.nn.Module, prompts: Sequence[Prompt], layers:
                 if entry is not None and fresh != entry[1]:
                     found[i] = None
     missing = [i for i, entry in enumerate(found) if entry is None]
-    if missing:
-        new = encode([prompts[i] for i in missing])
+    for start in range(0, len(missing), _CHUNK):    # stored chunk by chunk: an interrupted fill keeps its work
+        chunk = missing[start:start + _CHUNK]
+        new = encode([prompts[i] for i in chunk])
         states, prompt, _ = read(new)
-        for local, (index, encoding) in enumerate(zip(missing, new, strict=True)):
+        for local, (index, encoding) in enumerate(zip(chunk, new, strict=True)):
             rows = states[prompt == local]
             found[index] = (rows, encoding)
             cache.put(keys[index], rows, encoding)
+    if missing:
         cache.prune()
     parts = [entry for entry in found if entry is not None]
     encodings = [encoding for _, encoding in parts]
