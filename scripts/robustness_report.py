@@ -44,8 +44,8 @@ from latent_guardrail.positions import Prompt  # noqa: E402
 from tests.support import adversarial  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-# held-out families with a near relative in calibration (the ``closing`` sign-offs of augment.EXTRA_FAMILIES)
-NEAR_CLOSING = ("email", "signature")
+# held-out families with a near relative among the calibration forms (augment.EXTRA_FAMILIES)
+NEAR = {"email": "closing", "signature": "closing", "json_payload": "structured", "benign_padding": "chatter"}
 HELDOUT = ROOT / "heldout"
 
 
@@ -118,10 +118,11 @@ def measure(guard: LatentGuard, quick: bool) -> dict[str, Any]:
         vb = guard.check_batch(_wrapped(base_b, name, source))
         flagged, passed = _rate([v.harmful for v in vh]), _rate([not v.harmful for v in vb])
         seen = "held out" if source == "adversarial" or name in HELD_OUT_FAMILIES else "calibration form"
-        if name in NEAR_CLOSING:
+        if name in NEAR:
             seen = "near"
         result["families"][name] = {
-            "source": source, "seen": seen, "harmful_flagged": flagged, "harmless_passed": passed,
+            "source": source, "seen": seen, "near": NEAR.get(name),
+            "harmful_flagged": flagged, "harmless_passed": passed,
             "delta_flagged": flagged - result["plain"]["harmful_flagged"],
             "delta_passed": passed - result["plain"]["harmless_passed"],
             "verdicts_changed": _rate([a != b.harmful for a, b in zip(plain_h, vh, strict=True)] +
@@ -162,7 +163,7 @@ def tables(results: dict[str, dict[str, Any]]) -> str:
             r = results[n]["families"][fam]
             cells.append(f"{_pct(r['harmful_flagged'])} ({100 * r['delta_flagged']:+.0f})")
             cells.append(f"{_pct(r['harmless_passed'])} ({100 * r['delta_passed']:+.0f})")
-        seen = {"held out": "no", "near": "no (near: closing)"}.get(row["seen"], "form only")
+        seen = {"held out": "no", "near": f"no (near: {row.get('near')})"}.get(row["seen"], "form only")
         lines.append(f"| {fam} | {seen} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
