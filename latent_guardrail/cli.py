@@ -406,8 +406,14 @@ def add_response_command(
     every: Annotated[int, typer.Option(min=1, max=512, help="Check spacing of the last/mean views (tokens).")] = 8,
     target_fpr: Annotated[float, typer.Option(min=0.0, max=0.5, help="Held-out false stops the threshold allows.")
                           ] = 0.05,
+    copy_from: Annotated[Path | None, typer.Option(
+        "--from", help="Copy the response part of this guard (fitted for the same host) instead of fitting one.")
+                         ] = None,
 ) -> None:
     """Fit a response scorer (the output rail) and add it to an existing guard; its input part is kept as is."""
+    import dataclasses
+
+    from .artifact import check_fingerprint, load_fitted
     from .response import ResponseOptions
     from .response_fit import add_response, read_response_sets
 
@@ -416,8 +422,17 @@ def add_response_command(
         host = load_host(model)
         loaded = LatentGuard.load(guard, host, progress=True)
         source = Path(str(shipped_default_guard())) if guard == DEFAULT_GUARD else Path(guard)
-        fitted = add_response(host, loaded.fitted, read_response_sets(sets),
-                              options=ResponseOptions(every=every, target_fpr=target_fpr))
+        if copy_from is not None:
+            donor = load_fitted(copy_from)
+            check_fingerprint(donor, loaded.fitted.fingerprint_parts, str(copy_from))
+            if donor.response is None:
+                raise InputError(f"{copy_from} has no response part to copy")
+            copied = {**donor.report.get("response", {}), "copied_from": str(copy_from)}
+            fitted = dataclasses.replace(loaded.fitted, response=donor.response,
+                                         report={**loaded.fitted.report, "response": copied})
+        else:
+            fitted = add_response(host, loaded.fitted, read_response_sets(sets),
+                                  options=ResponseOptions(every=every, target_fpr=target_fpr))
         target = save_fitted(fitted, out if out is not None else source)
     except LatentGuardError as exc:
         _fail(exc)

@@ -54,3 +54,19 @@ def test_add_response_without_sets_exits_2(saved: dict[str, Path], tmp_path: Pat
     result = runner.invoke(app, ["add-response", str(saved["guard"]), "--model", str(saved["model"]), "--sets",
                                  str(tmp_path), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no response calibration sets" in " ".join(result.output.split())
+
+
+def test_add_response_copies_a_fitted_part(saved: dict[str, Path], tmp_path: Path) -> None:
+    donor = saved["root"] / "with-response"
+    if not donor.is_dir():
+        test_add_response_keeps_the_input_part(saved)
+    result = runner.invoke(app, ["add-response", str(saved["guard"]), "--model", str(saved["model"]), "--from",
+                                 str(donor), "-o", str(tmp_path / "copy")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    copied, original = load_fitted(tmp_path / "copy"), load_fitted(donor)
+    assert copied.response is not None and original.response is not None
+    assert copied.response.config() == original.response.config()
+    assert torch.equal(copied.response.directions, original.response.directions)
+    no_part = runner.invoke(app, ["add-response", str(saved["guard"]), "--model", str(saved["model"]), "--from",
+                                  str(saved["guard"]), "-o", str(tmp_path / "x")])
+    assert no_part.exit_code == 2 and "no response part" in " ".join(no_part.output.split())
