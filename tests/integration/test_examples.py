@@ -29,7 +29,7 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
                            ["reply inversion on", "harmfulness/context", "refusal/all", "plot saved to"]),
     "distributed_calibration.py": (["--limit", "10", "--out", "{tmp}/guard-dp"],
                                    ["1 process(es):", "saved to", "calibration prompts re-scored:"]),
-    "topical_rail.py": (["--every", "40", "--out", "{tmp}/topical"],
+    "topical_rail.py": (["--every", "80", "--out", "{tmp}/topical"],
                         ["extended in", "category=legal_advice [S6 / spc_lgl", "monitored=legal_advice", "saved to"]),
 }
 

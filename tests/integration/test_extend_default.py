@@ -1,7 +1,7 @@
 """Extending the default guard on the default host: a topical category from the command line, its standard codes,
 and the topical NeMo config (``integrations/topical/legal_advice``).
 
-The base is every 40th bundled row (``--base-every 40``) so that a cold state cache costs about a minute; the
+The base is every 80th bundled row (``--base-every 80``) so that a cold state cache costs about a minute; the
 full base (what ``benchmarks/bench_extend.py`` measures) behaves alike with more data.
 """
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 LEGAL = REPO / "examples" / "data" / "legal_advice.jsonl"
 HELDOUT = REPO / "examples" / "data" / "legal_advice_heldout.jsonl"
 TOPICAL = REPO / "integrations" / "topical" / "legal_advice"
-EVERY = "40"
+EVERY = "80"
 
 
 @pytest.fixture(scope="module")
