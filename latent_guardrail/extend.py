@@ -497,13 +497,15 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
                       "cache": None if cache is None else {"hits": cache.stats.hits, "misses": cache.stats.misses,
                                                            "corrupt": cache.stats.corrupt}},
         "categories": {name: asdict(value) for name, value in stats.items()},
+        **({"response": base.report["response"]} if "response" in base.report else {}),
     }
     logger.info("extended guard: %d items, %d categories, %.1fs (states %.1fs)", len(items), len(cat_names),
                 report["seconds"], read - began)
     return FittedGuard(scorer=rebuilt, centroids=base.centroids, refusal_direction=base.refusal_direction,
                        refusal_source=base.refusal_source, settings=settings,
                        fingerprint_parts=dict(base.fingerprint_parts), num_blocks=base.num_blocks,
-                       hidden_size=base.hidden_size, layer_template=base.layer_template, report=report)
+                       hidden_size=base.hidden_size, layer_template=base.layer_template, report=report,
+                       response=base.response)                     # a response part is kept as it is
 
 
 def _fit_categories(states: torch.Tensor, ends: EndLabels, items: Sequence[CalibrationItem], labels: np.ndarray,

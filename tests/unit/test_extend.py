@@ -69,6 +69,7 @@ def test_extend_is_a_full_refit_on_the_union(base: LatentGuard, extended: Latent
     assert len(base.layers) == base.num_blocks       # the tiny host's window is every layer: a full fit searches
     _close(LatentGuard(base.host, full), extended.with_settings(category_thresholds={}))   # nothing else
     assert extended.categories == ("fraud", "legal_advice", "weapons")
+    assert extended.fitted.response is base.fitted.response
 
 
 def test_extending_by_nothing_refits_the_base_guard(base: LatentGuard, cache: StateCache) -> None:
