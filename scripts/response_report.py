@@ -137,10 +137,9 @@ def section(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    path = ROOT / "README.md"
+def write_readme(text: str, path: Path = ROOT / "README.md") -> None:
     readme = path.read_text(encoding="utf-8")
-    if START in readme and END in readme:
+    if START in readme and END in readme:  # the section sits in "Output rail" (its markers are placed there)
         before, rest = readme.split(START, 1)
         _, after = rest.split(END, 1)
         readme = before + text + after
