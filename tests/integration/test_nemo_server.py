@@ -131,7 +131,7 @@ def test_server_streams_an_allowed_answer_and_a_refusal(server: Server) -> None:
         events = [line[len("data: "):] for line in raw.decode().splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         chunks = [json.loads(event) for event in events[:-1]]
-        assert chunks and all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+        assert chunks and all(chunk.get("object") == "chat.completion.chunk" for chunk in chunks), chunks[:3]
         deltas = [chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks]
         return "".join(deltas), deltas
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from latent_guardrail import artifact
-from latent_guardrail.artifact import HEADER_FILE, TENSORS_FILE
+from latent_guardrail.artifact import FORMAT_VERSION, HEADER_FILE, TENSORS_FILE
 from latent_guardrail.errors import ArtifactError, FingerprintMismatchError
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
@@ -188,7 +188,7 @@ CORRUPTIONS: dict[str, Callable[[Path, Path], None]] = {
     # header fields of the wrong type or value
     "version true": _edit_header(version=True),
     "version 1.0": _edit_header(version=1.0),
-    "future version 2": _edit_header(version=2),
+    "future version": _edit_header(version=FORMAT_VERSION + 1),
     "num_blocks a string": _edit_header(num_blocks="three"),
     "num_blocks null": _edit_header(num_blocks=None),
     "num_blocks negative": _edit_header(num_blocks=-1),
