@@ -16,7 +16,7 @@ the LM head never run.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +30,7 @@ from .layers import check_layers, decoder_blocks, input_device
 from .positions import PromptEncoding, pad_batch
 from .views import View, ViewLayout
 
-__all__ = ["Capture", "capture", "run_capture", "extract_states", "extract_end_states"]
+__all__ = ["Capture", "capture", "residual_hooks", "run_capture", "extract_states", "extract_end_states"]
 
 class _EarlyExit(Exception):
     """Raised by a hook to stop the forward pass once every needed layer is recorded."""
@@ -59,15 +59,6 @@ class Capture:
     def stacked(self) -> torch.Tensor:
         """All layers as one tensor of shape ``(batch, positions, layers, d_model)``."""
         return torch.stack([self.states[layer] for layer in self.layers], dim=2)
-
-
-def _hidden_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    hidden = kwargs.get("hidden_states")
-    if not isinstance(hidden, torch.Tensor):
-        raise RuntimeError("cannot find the hidden states among the decoder block's inputs")
-    return hidden
 
 
 def _record(result: Capture, layer: int, hidden: torch.Tensor, stop_after: int | None) -> None:
@@ -117,30 +108,48 @@ def capture(
     if positions.dim() != 2:
         raise ValueError(f"positions must have shape (batch, k), got {tuple(positions.shape)}")
     result = Capture(layers=wanted, positions=positions.long(), spans=None if spans is None else spans.long())
-    owner = threading.get_ident()
     stop_after = max(wanted) if stop_early else None
+
+    def record(layer: int, hidden: torch.Tensor | None) -> None:
+        if not isinstance(hidden, torch.Tensor):
+            raise RuntimeError("cannot find the hidden states among the decoder block's inputs")
+        _record(result, layer, hidden, stop_after)
+
+    with residual_hooks(blocks, wanted, record):
+        yield result
+
+
+@contextmanager
+def residual_hooks(blocks: Sequence[nn.Module], layers: Sequence[int],
+                   record: Callable[[int, torch.Tensor | None], None]) -> Iterator[None]:
+    """Call ``record(layer, hidden)`` with the residual stream at each of ``layers`` (checked ``0..len(blocks)``)
+    on every forward pass inside the block: the input of block ``layer`` (a forward pre-hook; ``hidden`` is None
+    when the block's inputs hold no hidden-state tensor), or the output of the last block for
+    ``layer == len(blocks)``. Only the thread that entered the block is recorded; every hook is removed in
+    ``finally``."""
+    owner = threading.get_ident()
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def pre_hook(layer: int) -> Any:
         def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
             if threading.get_ident() == owner:
-                _record(result, layer, _hidden_from(args, kwargs or {}), stop_after)
+                record(layer, args[0] if args and isinstance(args[0], torch.Tensor)
+                       else (kwargs or {}).get("hidden_states"))
         return hook
 
     def post_hook(layer: int) -> Any:
         def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
             if threading.get_ident() == owner:
-                hidden = output[0] if isinstance(output, tuple) else output
-                _record(result, layer, hidden, stop_after)
+                record(layer, output[0] if isinstance(output, tuple) else output)
         return hook
 
     try:
-        for layer in wanted:
+        for layer in layers:
             if layer < len(blocks):
                 handles.append(blocks[layer].register_forward_pre_hook(pre_hook(layer), with_kwargs=True))
             else:
                 handles.append(blocks[-1].register_forward_hook(post_hook(layer)))
-        yield result
+        yield
     finally:
         for handle in handles:
             handle.remove()

@@ -20,7 +20,6 @@ Shapes: :class:`AnswerStates` holds, per answer, ``(rows, layers, d)`` float32 t
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .activations import run_capture
+from .activations import residual_hooks, run_capture
 from .batching import plan_batches
 from .errors import InputError
 from .layers import check_layers, decoder_blocks
@@ -215,30 +214,10 @@ def monitor_answer(model: nn.Module, layers: Sequence[int], *, layer_template: s
     blocks = decoder_blocks(model, layer_template)
     wanted = check_layers(layers, len(blocks))
     monitor = AnswerMonitor(layers=wanted)
-    owner = threading.get_ident()
-    handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def pre_hook(layer: int) -> Any:
-        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
-            if threading.get_ident() == owner:
-                hidden = args[0] if args and isinstance(args[0], torch.Tensor) else (kwargs or {}).get("hidden_states")
-                if isinstance(hidden, torch.Tensor):
-                    monitor._record(layer, hidden)
-        return hook
+    def record(layer: int, hidden: torch.Tensor | None) -> None:
+        if isinstance(hidden, torch.Tensor):
+            monitor._record(layer, hidden)
 
-    def post_hook(layer: int) -> Any:
-        def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-            if threading.get_ident() == owner:
-                monitor._record(layer, output[0] if isinstance(output, tuple) else output)
-        return hook
-
-    try:
-        for layer in wanted:
-            if layer < len(blocks):
-                handles.append(blocks[layer].register_forward_pre_hook(pre_hook(layer), with_kwargs=True))
-            else:
-                handles.append(blocks[-1].register_forward_hook(post_hook(layer)))
+    with residual_hooks(blocks, wanted, record):
         yield monitor
-    finally:
-        for handle in handles:
-            handle.remove()

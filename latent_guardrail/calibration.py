@@ -21,11 +21,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from .activations import extract_end_states
-from .augment import CalibrationItem, build_items, end_labels
+from .augment import CalibrationItem, build_items
 from .centroids import Centroids, Scorer, TunedOptions, fit_centroids, fit_paper, fit_tuned
 from .datasets import PromptRecord
 from .directions import mean_difference
@@ -35,7 +34,7 @@ from .fitted import FittedGuard
 from .hosts import Host
 from .layers import decoder_blocks, guess_layer_template
 from .normalize import normalize_for
-from .pooled import EndLabels, PooledOptions, fit_pooled
+from .pooled import PooledOptions, fit_pooled, item_rows
 from .positions import Prompt, PromptEncoding, encode_batch
 from .refusal import Judge, PhraseJudge
 from .scorers import scorer_from_artifact
@@ -252,12 +251,7 @@ def calibrate_items(host: Host, items: Sequence[CalibrationItem], *, settings: C
         host.model, encodings, all_layers, pad_token_id=host.tokenizer.pad_token_id, batch_size=cal.batch_size,
         layer_template=guard.layer_template, max_ends=MAX_CLAUSE_ENDS,
         progress="reading clause ends" if progress else False)
-    per_item = [end_labels(item, encoding) for item, encoding in zip(items, encodings, strict=True)]
-    prompt_np, end_np = prompt_of.numpy(), end_of.numpy()
-    ends = EndLabels(prompt=prompt_np, label=np.array([per_item[p][e] for p, e in zip(prompt_np, end_np, strict=True)]),
-                     last=np.array([e == len(encodings[p].ends) - 1 for p, e in zip(prompt_np, end_np, strict=True)]))
-    labels = np.array([int(item.harmful) for item in items])
-    groups = np.array([item.group for item in items])
+    ends, labels, groups = item_rows(items, encodings, prompt_of, end_of)
     cats = [item.category if item.harmful else None for item in items]
     options = PooledOptions(num_layers=cal.num_layers, target_fpr=cal.target_fpr, max_layer=cal.max_layer)
     scorer, pooled_report = fit_pooled(states, ends, labels, groups, all_layers, cats, options)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import CalibrationItem, build_items, end_labels
+from .augment import CalibrationItem, build_items
 from .centroids import _platt
 from .datasets import PromptRecord
 from .errors import CalibrationError, InputError, NumericalError
@@ -43,7 +43,7 @@ from .hosts import Host
 from .layers import decoder_blocks
 from .metrics import auroc, threshold_at_fpr
 from .normalize import normalize_for
-from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores
+from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores, _Scatter, item_rows
 from .positions import Prompt, PromptEncoding, encode_batch
 from .scorers import scorer_from_artifact
 from .settings import CalibrationSettings, GuardSettings
@@ -233,9 +233,8 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class _ClassSums:
-    """Per-group, per-class row counts ``(G, 2)``, sums ``(G, 2, d)`` and scatter matrices ``(G, 2, d, d)`` of one
-    layer's rows (float64); :meth:`directions` leaves one group out.
+class _ClassSums(_Scatter):
+    """The per-group, per-class sums of :class:`latent_guardrail.pooled._Scatter`, solved differently.
 
     The directions are those of :class:`latent_guardrail.pooled._Scatter` (shrinkage LDA, the within-class
     covariance shrunk towards ``s·I``, ``s`` its mean eigenvalue, scaled to unit within-class spread), found by a
@@ -243,32 +242,9 @@ class _ClassSums:
     faster on the many left-out groups of a cross-validation.
     """
 
-    def __init__(self, x: torch.Tensor, label: np.ndarray, group: np.ndarray, n_groups: int) -> None:
-        d = x.shape[1]
-        self.count = np.zeros((n_groups, 2))
-        self.sums = torch.zeros(n_groups, 2, d, dtype=_F64)
-        self.scatter = torch.zeros(n_groups, 2, d, d, dtype=_F64)
-        for g in range(n_groups):
-            for c in (0, 1):
-                rows = x[torch.from_numpy((group == g) & (label == c))]
-                self.count[g, c] = rows.shape[0]
-                if rows.shape[0]:
-                    self.sums[g, c] = rows.sum(0)
-                    self.scatter[g, c] = rows.T @ rows
-        self.total = (self.count.sum(0), self.sums.sum(0), self.scatter.sum(0))
-
     def directions(self, gammas: Sequence[float], without: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Directions ``(d,)`` per γ and the midpoint ``(d,)``, leaving group ``without`` out (None: none)."""
-        count, sums, scatter = (self.total[0].copy(), self.total[1].clone(), self.total[2].clone())
-        if without is not None:
-            count -= self.count[without]
-            sums -= self.sums[without]
-            scatter -= self.scatter[without]
-        if min(count) < 2:
-            raise CalibrationError("a cross-validation fold leaves fewer than 2 examples of a class")
-        means = sums / torch.from_numpy(count).unsqueeze(-1)
-        within = scatter[0] + scatter[1] - count[0] * torch.outer(means[0], means[0]) \
-            - count[1] * torch.outer(means[1], means[1])
+        count, means, within = self._moments(without)
         within = (within + within.T) / 2
         n = count.sum()
         cov = within / max(n - 2, 1)
@@ -385,12 +361,9 @@ class _CategorySums:
         for without in (list(range(self.folds)) if folds else [None]):
             pairs = []
             for j in range(self.x.shape[1]):
-                sums = _ClassSums.__new__(_ClassSums)
-                count = np.stack([self.negative[0], pos[0]], axis=1)              # (folds, 2)
-                sums.count = count
-                sums.sums = torch.stack([self.negative[1][:, j], pos[1][:, j]], dim=1)
-                sums.scatter = torch.stack([self.negative[2][:, j], pos[2][:, j]], dim=1)
-                sums.total = (count.sum(0), sums.sums.sum(0), sums.scatter.sum(0))
+                sums = _ClassSums.from_sums(np.stack([self.negative[0], pos[0]], axis=1),             # (folds, 2)
+                                            torch.stack([self.negative[1][:, j], pos[1][:, j]], dim=1),
+                                            torch.stack([self.negative[2][:, j], pos[2][:, j]], dim=1))
                 pairs.append(sums.directions([gamma], without))
             out.append((torch.stack([p[0][0] for p in pairs]), torch.stack([p[1] for p in pairs])))
         return out
@@ -456,12 +429,7 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
             batch_size=guard.batch_size, layer_template=base.layer_template, max_ends=MAX_CLAUSE_ENDS,
             progress="reading clause ends" if progress else False)
     read = time.perf_counter()
-    per_item = [end_labels(item, encoding) for item, encoding in zip(items, encodings, strict=True)]
-    prompt_np, end_np = prompt_of.numpy(), end_of.numpy()
-    ends = EndLabels(prompt=prompt_np, label=np.array([per_item[p][e] for p, e in zip(prompt_np, end_np, strict=True)]),
-                     last=np.array([e == len(encodings[p].ends) - 1 for p, e in zip(prompt_np, end_np, strict=True)]))
-    labels = np.array([int(item.harmful) for item in items])
-    groups = np.array([item.group for item in items])
+    ends, labels, groups = item_rows(items, encodings, prompt_of, end_of)
     options = PooledOptions(num_layers=len(layers), target_fpr=recipe.target_fpr, poolings=POOLINGS,
                             min_layer=min(layers), max_layer=max(layers))
     with _torch_threads(threads):

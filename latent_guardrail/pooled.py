@@ -28,12 +28,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .augment import CalibrationItem, end_labels
 from .centroids import Centroids, ScoreOutput, _platt, check_scorer_tensors
 from .errors import CalibrationError, NumericalError
 from .metrics import auroc, threshold_at_fpr
+from .positions import PromptEncoding
 from .views import VIEWS
 
-__all__ = ["EndLabels", "PooledOptions", "PooledScorer", "Pooling", "fit_pooled"]
+__all__ = ["EndLabels", "PooledOptions", "PooledScorer", "Pooling", "fit_pooled", "item_rows"]
 
 _F64 = torch.float64
 Pooling = Literal["max", "mix"]
@@ -167,6 +169,17 @@ class EndLabels:
     last: np.ndarray
 
 
+def item_rows(items: Sequence[CalibrationItem], encodings: Sequence[PromptEncoding], prompt_of: torch.Tensor,
+              end_of: torch.Tensor) -> tuple[EndLabels, np.ndarray, np.ndarray]:
+    """What :func:`fit_pooled` needs besides the states, for calibration items whose clause-end rows are
+    ``(prompt_of[r], end_of[r])``: the rows' :class:`EndLabels`, the prompt labels ``(n,)`` and groups ``(n,)``."""
+    per_item = [end_labels(item, encoding) for item, encoding in zip(items, encodings, strict=True)]
+    prompt_np, end_np = prompt_of.numpy(), end_of.numpy()
+    ends = EndLabels(prompt=prompt_np, label=np.array([per_item[p][e] for p, e in zip(prompt_np, end_np, strict=True)]),
+                     last=np.array([e == len(encodings[p].ends) - 1 for p, e in zip(prompt_np, end_np, strict=True)]))
+    return ends, np.array([int(item.harmful) for item in items]), np.array([item.group for item in items])
+
+
 @dataclass(frozen=True)
 class PooledOptions:
     """Knobs of the pooled rule (chosen by cross-validation unless fixed).
@@ -194,23 +207,35 @@ class _Scatter:
 
     def __init__(self, x: torch.Tensor, y: np.ndarray, group: np.ndarray, n_groups: int) -> None:
         d = x.shape[1]
-        self.count = np.zeros((n_groups, 2))
-        self.sums = torch.zeros(n_groups, 2, d, dtype=_F64)
-        self.scatter = torch.zeros(n_groups, 2, d, d, dtype=_F64)
+        count = np.zeros((n_groups, 2))
+        sums = torch.zeros(n_groups, 2, d, dtype=_F64)
+        scatter = torch.zeros(n_groups, 2, d, d, dtype=_F64)
         for g in range(n_groups):
             for c in (0, 1):
                 mask = torch.from_numpy((group == g) & (y == c))
                 rows = x[mask]
-                self.count[g, c] = rows.shape[0]
+                count[g, c] = rows.shape[0]
                 if rows.shape[0]:
-                    self.sums[g, c] = rows.sum(0)
-                    self.scatter[g, c] = rows.T @ rows
-        self.total_count = self.count.sum(0)
-        self.total_sums = self.sums.sum(0)
-        self.total_scatter = self.scatter.sum(0)
+                    sums[g, c] = rows.sum(0)
+                    scatter[g, c] = rows.T @ rows
+        self._set(count, sums, scatter)
 
-    def directions(self, gammas: Sequence[float], without: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Shrinkage-LDA directions (unit within-class spread) and midpoint, leaving group ``without`` out."""
+    @classmethod
+    def from_sums(cls, count: np.ndarray, sums: torch.Tensor, scatter: torch.Tensor) -> _Scatter:
+        """From per-group counts ``(G, 2)``, sums ``(G, 2, d)`` and scatter matrices ``(G, 2, d, d)``."""
+        out = cls.__new__(cls)
+        out._set(count, sums, scatter)
+        return out
+
+    def _set(self, count: np.ndarray, sums: torch.Tensor, scatter: torch.Tensor) -> None:
+        self.count, self.sums, self.scatter = count, sums, scatter
+        self.total_count = count.sum(0)
+        self.total_sums = sums.sum(0)
+        self.total_scatter = scatter.sum(0)
+
+    def _moments(self, without: int | None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Class counts ``(2,)``, class means ``(2, d)`` and within-class scatter ``(d, d)``, leaving group
+        ``without`` out."""
         count, sums, scatter = self.total_count.copy(), self.total_sums.clone(), self.total_scatter.clone()
         if without is not None:
             count -= self.count[without]
@@ -221,6 +246,11 @@ class _Scatter:
         means = sums / torch.from_numpy(count).unsqueeze(-1)
         within = scatter[0] + scatter[1] - count[0] * torch.outer(means[0], means[0]) \
             - count[1] * torch.outer(means[1], means[1])
+        return count, means, within
+
+    def directions(self, gammas: Sequence[float], without: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Shrinkage-LDA directions (unit within-class spread) and midpoint, leaving group ``without`` out."""
+        count, means, within = self._moments(without)
         n = count.sum()
         cov = within / max(n - 2, 1)
         eigvals, eigvecs = torch.linalg.eigh((cov + cov.T) / 2)

@@ -25,8 +25,6 @@ to a row of the AdvBench and XSTest copies under ``DIR`` — they are evaluation
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -36,7 +34,7 @@ for extra in (ROOT, ROOT / "scripts"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from write_task_sets import close_matches  # noqa: E402
+from write_task_sets import write_sets  # noqa: E402
 
 SEED = "goals-v1"
 PER_GOAL = 2
@@ -561,21 +559,8 @@ def rows() -> dict[tuple[str, str], list[dict[str, str]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check-against", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "calibration", help="the calibration root to write into")
-    args = parser.parse_args(argv)
-    sets = rows()
-    if args.check_against:
-        for (side, kind), kept in sets.items():
-            dropped = close_matches(kept, args.check_against)
-            print(f"{side}/{kind}: dropped {dropped} close matches of AdvBench/XSTest rows")
-    for (side, kind), kept in sets.items():
-        path = args.out / side / f"{kind}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-        print(f"{path}: {len(kept)} rows")
-    return 0
+    sets = {f"{side}/{kind}.jsonl": kept for (side, kind), kept in rows().items()}
+    return write_sets(sets, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -167,21 +167,28 @@ def close_matches(kept: list[dict[str, str]], shared: Path) -> int:
     return before - len(kept)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_sets(sets: dict[str, list[dict[str, str]]], argv: list[str] | None, description: str) -> int:
+    """The command line of the generated-set scripts: ``sets`` maps ``side/name.jsonl`` to its rows; drop the
+    rows close to AdvBench/XSTest with ``--check-against DIR`` and write each file under ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--check-against", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "calibration", help="the calibration root to write into")
     args = parser.parse_args(argv)
-    harmful, harmless = rows()
     if args.check_against:
-        for name, kept in (("harmful", harmful), ("harmless", harmless)):
+        for name, kept in sets.items():
             print(f"{name}: dropped {close_matches(kept, args.check_against)} close matches of AdvBench/XSTest rows")
-    for name, kept in (("harmful", harmful), ("harmless", harmless)):
-        path = args.out / name / "tasks.jsonl"
+    for name, kept in sets.items():
+        path = args.out / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
         print(f"{path}: {len(kept)} rows")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    harmful, harmless = rows()
+    return write_sets({"harmful/tasks.jsonl": harmful, "harmless/tasks.jsonl": harmless}, argv,
+                      __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

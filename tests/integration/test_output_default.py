@@ -3,14 +3,11 @@ streaming with the output check stops a harmful answer mid-stream without a seco
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
-import torch
 
 from latent_guardrail import LatentGuard
 from latent_guardrail.guarded import GuardedChunk, GuardedResult, guarded_generate, guarded_stream
+from tests.support.hooks import count_passes
 
 pytestmark = pytest.mark.integration
 
@@ -22,16 +19,6 @@ HARMFUL = [
 HARMLESS = "Give me three tips for keeping houseplants alive in winter."
 
 
-@contextmanager
-def passes(model: torch.nn.Module) -> Iterator[list[int]]:
-    """Sequence length of every forward pass through ``model``."""
-    lengths: list[int] = []
-    handle = model.get_input_embeddings().register_forward_hook(
-        lambda _module, args, _output: lengths.append(int(args[0].shape[-1])))
-    try:
-        yield lengths
-    finally:
-        handle.remove()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +30,7 @@ def guard(default_guard: LatentGuard) -> LatentGuard:
 def test_a_harmful_answer_is_stopped_mid_stream_without_a_second_pass(guard: LatentGuard) -> None:
     stopped = 0
     for prompt in HARMFUL:
-        with passes(guard.host.model) as lengths:
+        with count_passes(guard.host.model) as lengths:
             events = list(guarded_stream(guard, prompt, max_new_tokens=96, check_output=True))
         result = events[-1]
         assert isinstance(result, GuardedResult)

@@ -7,6 +7,9 @@ before it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
 
 
@@ -17,3 +20,15 @@ def hook_ids(model: nn.Module) -> set[tuple[str, str, int]]:
         out |= {(name, "forward", key) for key in module._forward_hooks}
         out |= {(name, "pre", key) for key in module._forward_pre_hooks}
     return out
+
+
+@contextmanager
+def count_passes(model: nn.Module) -> Iterator[list[int]]:
+    """Sequence lengths of the forward passes through ``model`` (prefills have length > 1)."""
+    lengths: list[int] = []
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda _module, args, _output: lengths.append(int(args[0].shape[-1])))
+    try:
+        yield lengths
+    finally:
+        handle.remove()

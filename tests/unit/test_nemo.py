@@ -14,7 +14,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import torch
 from nemoguardrails import LLMRails, RailsConfig
 from nemoguardrails.actions.rail_outcome import RailOutcome
 from nemoguardrails.testing import FakeLLMModel
@@ -37,7 +36,7 @@ from latent_guardrail.integrations.nemo import (
 from latent_guardrail.integrations.nemo.actions import ACTION_NAME, RAIL_PARAM, latent_guard_check_input
 from latent_guardrail.integrations.nemo.chat import build_config, chat_loop, rail_line
 from latent_guardrail.integrations.nemo.provider import CallOptions, prompt_from_nemo
-from tests.support.hooks import hook_ids
+from tests.support.hooks import count_passes, hook_ids
 from tests.support.models import HARMFUL, HARMLESS, make_host
 
 # NeMo 0.24 warns about its own jailbreak-detection settings whenever LLMRails is created.
@@ -104,16 +103,6 @@ def make_app(guard: LatentGuard, llm: Any, *, colang: str = "1.0", **options: An
     return app
 
 
-@contextmanager
-def count_passes(model: torch.nn.Module) -> Iterator[list[int]]:
-    """Sequence lengths of the forward passes through ``model`` (prefills have length > 1)."""
-    lengths: list[int] = []
-    handle = model.get_input_embeddings().register_forward_hook(
-        lambda _module, args, _output: lengths.append(int(args[0].shape[-1])))
-    try:
-        yield lengths
-    finally:
-        handle.remove()
 
 
 def _ask(app: LLMRails, text: str, **options: Any) -> Any:

@@ -21,6 +21,7 @@ from latent_guardrail.guard import LatentGuard
 from latent_guardrail.integrations.nemo import LatentHostModel, NemoConfigError, rail_path, register
 from latent_guardrail.integrations.nemo.actions import latent_guard_check_output
 from latent_guardrail.integrations.nemo.provider import OutputVerdicts
+from tests.support.hooks import count_passes
 from tests.support.models import HARMFUL, HARMLESS, make_host
 from tests.support.responses import COMPLIANT, HARMFUL_PROMPT, HARMLESS_ANSWER, HARMLESS_PROMPT, make_response_guard
 
@@ -71,13 +72,8 @@ def _app(guard: LatentGuard, llm: Any, *, colang: str = "1.0") -> LLMRails:
 @contextmanager
 def prefills(model: torch.nn.Module) -> Iterator[list[int]]:
     """Lengths of the passes over more than one token (prefills and one-pass checks)."""
-    lengths: list[int] = []
-    handle = model.get_input_embeddings().register_forward_hook(
-        lambda _module, args, _output: lengths.append(int(args[0].shape[-1])))
-    try:
+    with count_passes(model) as lengths:
         yield lengths
-    finally:
-        handle.remove()
     lengths[:] = [length for length in lengths if length > 1]
 
 
