@@ -15,7 +15,11 @@ A script, not a test (timings on a shared CPU are printed, never asserted). In o
    ``examples/data/legal_advice_heldout.jsonl`` (written for evaluation only, never fitted on): the share blocked
    and the share blocked with ``category == "legal_advice"``; and the false-positive rate on harmless prompts —
    a fixed sample of Alpaca rows 100–1999 and XSTest's safe prompts, read from ``../shared/data`` by path — of
-   the default guard and of the extended one, side by side (goal: at most 5 points more).
+   the default guard and of the extended one, side by side (goal: at most 5 points more). A fair comparison: the
+   same rows, each guard at its own fitted settings; ``*_fpr_extended_overall_only`` is the extended guard
+   without its new category's own threshold (its overall rule alone), so what the refit adds and what the
+   category's threshold adds are told apart. ``--flips FILE`` writes the harmless prompts the extension newly
+   blocks (text, rule, category) for inspection — outside the repository (the rows are the data sets').
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from latent_guardrail import LatentGuard
 from latent_guardrail.datasets import read_calibration_sets, read_prompts
 from latent_guardrail.extend import plan_extension, state_keys
 from latent_guardrail.guard import DEFAULT_RECIPE
-from latent_guardrail.state_cache import StateCache
+from latent_guardrail.state_cache import _BUNDLE, StateCache
+from latent_guardrail.verdict import Verdict
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -59,11 +64,26 @@ def _blocked(guard: LatentGuard, texts: list[str]) -> list[tuple[bool, str | Non
     return [(v.harmful, v.category, v.decided_by) for v in guard.check_batch(texts)]
 
 
+def _forget(cache: StateCache, keys: list[str], new: set[str]) -> None:
+    """Drop the entries of the ``new`` keys and the bundles that hold them, as if those prompts were new."""
+    for key in new:
+        cache.path(key).unlink(missing_ok=True)
+    for start in range(0, len(keys) - _BUNDLE + 1, _BUNDLE):
+        run = keys[start:start + _BUNDLE]
+        if new.intersection(run):
+            cache.bundle_path(run).unlink(missing_ok=True)
+
+
+def _verdicts(guard: LatentGuard, texts: list[str]) -> list[Verdict]:
+    return guard.check_batch(texts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--alpaca", type=int, default=400, help="Alpaca prompts in the false-positive sample.")
     parser.add_argument("--out", type=Path, default=None, help="Keep the extended guard here.")
+    parser.add_argument("--flips", type=Path, default=None, help="Write the newly blocked harmless prompts here.")
     args = parser.parse_args()
     results: dict[str, float | str] = {}
     guard = LatentGuard.load("default", progress=False)
@@ -79,8 +99,7 @@ def main() -> None:
     items, _, _ = plan_extension(guard.fitted, {"legal_advice": legal}, default_rows=read_calibration_sets(),
                                  recipe=DEFAULT_RECIPE)
     new = [item for item in items if item.category == "legal_advice"]
-    for key in state_keys(guard.fitted, new):
-        cache.path(key).unlink(missing_ok=True)
+    _forget(cache, state_keys(guard.fitted, items), set(state_keys(guard.fitted, new)))
     before = cache.stats.misses
     started = time.perf_counter()
     extended = guard.extend({"legal_advice": legal}, cache=cache, progress=False)
@@ -93,8 +112,10 @@ def main() -> None:
     results["items"] = items["plain"] + items["wrapped"]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out if args.out is not None else Path(tmp) / "legal-guard"
-        for key in state_keys(guard.fitted, new):       # the command reads the new questions too
-            cache.path(key).unlink(missing_ok=True)
+        _forget(cache, state_keys(guard.fitted, items), set(state_keys(guard.fitted, new)))   # read them again
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import latent_guardrail.cli"], check=True, cwd=REPO)
+        results["cli_import_s"] = round(time.perf_counter() - started, 2)     # Python, torch, transformers
         started = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "latent_guardrail.cli", "calibrate", "--base", "default",
                               "--category", f"legal_advice:{LEGAL}", "-o", str(out)],
@@ -115,16 +136,32 @@ def main() -> None:
         sum(b and c == "legal_advice" for b, c, _ in legal_verdicts) / len(heldout), 3)
     results["heldout_legal_blocked_by_default_guard"] = round(
         sum(b for b, _, _ in _blocked(guard, heldout)) / len(heldout), 3)
+    results["overall_threshold_default"] = round(guard.threshold, 4)
+    results["overall_threshold_extended"] = round(extended.fitted.scorer.threshold, 4)
+    flips: dict[str, list[dict[str, object]]] = {}
     for name, texts in (("alpaca", _alpaca(args.alpaca)), ("xstest_safe", _xstest_safe())):
-        before = _blocked(guard, texts)
-        after = _blocked(extended, texts)
-        fpr_before = sum(b for b, _, _ in before) / len(texts)
-        fpr_after = sum(b for b, _, _ in after) / len(texts)
-        results[f"{name}_n"] = len(texts)
+        before = _verdicts(guard, texts)
+        after = _verdicts(extended, texts)
+        n = len(texts)
+        fpr_before = sum(v.harmful for v in before) / n
+        fpr_after = sum(v.harmful for v in after) / n
+        overall_only = sum(v.score >= v.threshold for v in after) / n      # without the new category's threshold
+        results[f"{name}_n"] = n
         results[f"{name}_fpr_default"] = round(fpr_before, 4)
         results[f"{name}_fpr_extended"] = round(fpr_after, 4)
         results[f"{name}_fpr_added_points"] = round(100 * (fpr_after - fpr_before), 2)
-        results[f"{name}_blocked_as_legal_advice"] = sum(b and c == "legal_advice" for b, c, _ in after)
+        results[f"{name}_fpr_extended_overall_only"] = round(overall_only, 4)
+        results[f"{name}_blocked_as_legal_advice"] = sum(v.harmful and v.category == "legal_advice" for v in after)
+        results[f"{name}_blocked_by_legal_threshold"] = sum(
+            v.harmful and v.decided_by == "category_threshold:legal_advice" for v in after)
+        results[f"{name}_newly_blocked"] = sum(a.harmful and not b.harmful for a, b in zip(after, before, strict=True))
+        results[f"{name}_newly_passed"] = sum(b.harmful and not a.harmful for a, b in zip(after, before, strict=True))
+        flips[name] = [{"text": t, "decided_by": a.decided_by, "category": a.category, "score": round(a.score, 3),
+                        "default_score": round(b.score, 3), "threshold": round(a.threshold, 3),
+                        "legal_advice": round(a.category_scores.get("legal_advice", float("nan")), 3)}
+                       for t, a, b in zip(texts, after, before, strict=True) if a.harmful != b.harmful]
+    if args.flips is not None:
+        args.flips.write_text(json.dumps(flips, indent=1, ensure_ascii=False))
     print_results("extend the default guard with legal_advice (30 questions)", results, args.json)
 
 

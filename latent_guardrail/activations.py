@@ -165,24 +165,28 @@ def run_capture(
     layer_template: str | None = None,
     stop_early: bool = True,
     spans: torch.Tensor | None = None,
+    kv_cache: tuple[str, Any] | None = None,
 ) -> Capture:
     """One forward pass over a padded batch, returning the states at ``layers`` × ``positions``.
 
     Args:
         input_ids, attention_mask: ``(batch, seq)``.
         positions: ``(batch, k)`` in padded coordinates.
+        kv_cache: ``(argument name, cache)``: continue from the KV cache of earlier tokens (filled in place);
+            ``attention_mask`` then covers them too, ``(batch, cached + seq)``.
 
     Returns:
         A complete :class:`Capture` (``stacked()`` is ``(batch, k, layers, d_model)``, float32).
     """
     device = input_device(model)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, attention_mask.shape[1] - input_ids.shape[1]:]
+    extra = {} if kv_cache is None else {kv_cache[0]: kv_cache[1]}
     with capture(model, layers, positions, layer_template=layer_template, stop_early=stop_early,
                  spans=spans) as result:
         try:
             with torch.inference_mode():
                 model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                      position_ids=position_ids.to(device), use_cache=False)
+                      position_ids=position_ids.to(device), use_cache=kv_cache is not None, **extra)
         except _EarlyExit:
             pass
     if not result.complete:

@@ -37,8 +37,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .centroids import Centroids
-from .errors import ArtifactError, FingerprintMismatchError
+from .errors import ArtifactError, FingerprintMismatchError, WeightDriftError
 from .files import atomic_folder
+from .fingerprint import WEIGHTS_PART
 from .fitted import FittedGuard
 from .response import ResponseScorer
 from .scorers import scorer_from_artifact, scorer_tensors
@@ -251,12 +252,34 @@ def _check_rules(header: dict[str, Any], where: Path) -> None:
                                 f"reads it as {known.spec()} — recalibrate")
 
 
-def check_fingerprint(fitted: FittedGuard, actual_parts: dict[str, str], where: str = "") -> None:
-    """Raise :class:`FingerprintMismatchError` naming every part of the host that differs."""
+def check_fingerprint(fitted: FittedGuard, actual_parts: dict[str, str], where: str = "", *,
+                      allow_weight_drift: bool = False) -> bool:
+    """Check the host's identity parts against the guard's; return True when only the weights differ (drift).
+
+    A host whose model config, tokenizer, chat template or system prompt differs is another host and is always
+    refused. A host that differs in ``weights`` only is a fine-tune of the guard's host (a LoRA adapter, merged or
+    not, a safety-tuned or jailbroken checkpoint): refused unless ``allow_weight_drift``, then accepted (the
+    return value is True and the guard marks its verdicts ``weight_drift=True``).
+
+    Raises:
+        FingerprintMismatchError: another host (names every part that differs).
+        WeightDriftError: only the weights differ and ``allow_weight_drift`` is False.
+    """
     differing = sorted(key for key in set(fitted.fingerprint_parts) | set(actual_parts)
                        if fitted.fingerprint_parts.get(key) != actual_parts.get(key))
+    at = f" at {where}" if where else ""
+    if differing == [WEIGHTS_PART]:
+        if allow_weight_drift:
+            return True
+        raise WeightDriftError(
+            f"the guard{at} was fitted for the same model with other weights (weight drift: a fine-tune or an "
+            "adapter of its host). Pass allow_weight_drift=True (CLI --allow-weight-drift, NeMo "
+            "custom_data.latent_guard.allow_weight_drift) to check with it anyway — verdicts then carry "
+            "weight_drift=True; measure the drift with `latent-guardrail drift`, or recalibrate for this host")
     if differing:
         raise FingerprintMismatchError(
-            f"the guard{(' at ' + where) if where else ''} was fitted for another host: {', '.join(differing)} "
-            "differ. Load it with the model (and system prompt) it was calibrated on, or recalibrate for this one "
-            "with `latent-guardrail calibrate --model ...`")
+            f"the guard{at} was fitted for another host: {', '.join(differing)} differ. Load it with the model "
+            "(and system prompt) it was calibrated on, or recalibrate for this one with "
+            "`latent-guardrail calibrate --model ...`"
+            + (" (allow_weight_drift accepts other weights only, not another model)" if allow_weight_drift else ""))
+    return False

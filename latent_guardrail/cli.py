@@ -298,11 +298,16 @@ def categories_command(
         "--compute", help="Measure the cross-validated detection now when the artifact does not store it "
                           "(re-reads the calibration prompts through the state cache: minutes the first time).")
                        ] = False,
+    allow_weight_drift: Annotated[bool, typer.Option(
+        "--allow-weight-drift", help="Accept a fine-tune of the guard's host (same model, other weights); "
+                                     "verdicts carry weight_drift=true (measure it with `latent-guardrail drift`).")
+                                  ] = False,
 ) -> None:
     """List a guard's categories: standard codes (Llama Guard 3, AILuminate), sample counts, cross-validated
     detection, own thresholds and policy."""
     try:
-        guard = LatentGuard.load(guard_dir, load_host(model), progress=not as_json)
+        guard = LatentGuard.load(guard_dir, load_host(model), progress=not as_json,
+                                 allow_weight_drift=allow_weight_drift)
         computed = None
         if compute and guard.fitted.report.get("categories") is None:
             computed = guard.extend({}, progress=not as_json).fitted.report["categories"]
@@ -356,6 +361,10 @@ def check(
         "--policy", help="NAME=block|allow|monitor for a risk category (repeatable).")] = None,
     category_threshold: Annotated[list[str] | None, typer.Option(
         "--category-threshold", help="NAME=SCORE: the category's own threshold (repeatable).")] = None,
+    allow_weight_drift: Annotated[bool, typer.Option(
+        "--allow-weight-drift", help="Accept a fine-tune of the guard's host (same model, other weights); "
+                                     "verdicts carry weight_drift=true (measure it with `latent-guardrail drift`).")
+                                  ] = False,
 ) -> None:
     """Judge one or more prompts and print score, threshold, per-layer and per-category scores."""
     prompts = [line.strip() for line in sys.stdin if line.strip()] if text == ["-"] else text
@@ -364,7 +373,8 @@ def check(
 
         hf_logging.disable_progress_bar()
     try:
-        guard = LatentGuard.load(guard_dir, load_host(model), progress=not as_json)
+        guard = LatentGuard.load(guard_dir, load_host(model), progress=not as_json,
+                                 allow_weight_drift=allow_weight_drift)
         if threshold is not None:
             guard = guard.with_settings(threshold=threshold)
         if policy or category_threshold:
@@ -508,18 +518,22 @@ def steer_command(
     layers: Annotated[str | None, typer.Option(help="Sweep: layers, '0-30:3' or '4,8,12' (default: all).")] = None,
     plot: Annotated[Path, typer.Option(help="Sweep: where to save the plot (PNG).")] = Path("steer_sweep.png"),
     as_json: Annotated[bool, typer.Option("--json", help="Sweep: print the result as JSON.")] = False,
+    allow_weight_drift: Annotated[bool, typer.Option(
+        "--allow-weight-drift", help="Accept a fine-tune of the guard's host (same model, other weights); "
+                                     "verdicts carry weight_drift=true (measure it with `latent-guardrail drift`).")
+                                  ] = False,
 ) -> None:
     """Answer a prompt with and without activation addition along a guard's direction, side by side;
     or, with --sweep, print the refusal rate of a prompt set per steered layer and save a plot."""
     if sweep_layers:
         _sweep(guard_dir, model, direction, coeff, positions, max_new_tokens, prompts_file, text_column, limit,
-               _layer_list(layers), plot, as_json)
+               _layer_list(layers), plot, as_json, allow_weight_drift)
         return
     if text is None:
         _fail(InputError("give a prompt to answer, or --sweep"))
         return
     try:
-        guard = LatentGuard.load(guard_dir, load_host(model))
+        guard = LatentGuard.load(guard_dir, load_host(model), allow_weight_drift=allow_weight_drift)
         vector = Direction.from_guard(guard, direction)  # type: ignore[arg-type]
         chosen = layer if layer is not None else guard.settings.steer_layer
         if chosen is None:
@@ -542,7 +556,7 @@ def steer_command(
 
 def _sweep(guard_dir: str, model: str, direction: str, coeff: float, positions: str, max_new_tokens: int,
            prompts_file: Path | None, text_column: str | None, limit: int, layers: list[int] | None, plot: Path,
-           as_json: bool) -> None:
+           as_json: bool, allow_weight_drift: bool = False) -> None:
     try:
         if prompts_file is None:
             records = read_calibration_sets()[1]
@@ -550,7 +564,7 @@ def _sweep(guard_dir: str, model: str, direction: str, coeff: float, positions: 
             records = read_prompts(prompts_file, text_column=text_column)
         if limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}")
-        guard = LatentGuard.load(guard_dir, load_host(model))
+        guard = LatentGuard.load(guard_dir, load_host(model), allow_weight_drift=allow_weight_drift)
         result = sweep(guard, [record.text for record in records[:limit]], direction=direction,  # type: ignore[arg-type]
                        layers=layers, coeff=coeff, positions=positions,  # type: ignore[arg-type]
                        max_new_tokens=max_new_tokens, progress=not as_json)
@@ -571,6 +585,48 @@ def _sweep(guard_dir: str, model: str, direction: str, coeff: float, positions: 
     console.print(table)
     console.print(f"best layer {result.best_layer} ({100 * result.rates[result.best_layer]:.0f}%); plot: {saved}. "
                   f"Use it for steer-on-block with GuardSettings(steer_layer={result.best_layer}).")
+
+
+@app.command("drift")
+def drift_command(
+    model: Annotated[str, typer.Option(help="The fine-tuned host: HF id, local folder (merged weights or a PEFT "
+                                            "adapter folder), or .gguf file.")],
+    guard_dir: Annotated[str, typer.Option("--guard", help="Guard folder, or 'default'.")] = DEFAULT_GUARD,
+    base_model: Annotated[str, typer.Option(help="The host the guard was fitted on.")] = DEFAULT_MODEL,
+    prompts_file: Annotated[Path | None, typer.Option(
+        "--prompts", help="Labelled prompts to score (default: a sample of the bundled calibration sets, the "
+                          "default guard's own).")] = None,
+    sample: Annotated[int, typer.Option(help="Prompts of the bundled sets to sample (half harmful).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """How far a guard's scores move on a fine-tuned host (same model, other weights): mean/max |Δ score|,
+    verdict flips, and whether to recalibrate (limits: latent_guardrail.drift)."""
+    from .drift import drift_sample, measure_drift
+
+    try:
+        records = read_prompts(prompts_file) if prompts_file is not None else drift_sample(sample, seed)
+        guard = LatentGuard.load(guard_dir, load_host(base_model), progress=not as_json)
+        result = measure_drift(guard, load_host(model), records)
+    except (LatentGuardError, ValueError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(result.model_dump_json())
+        return
+    table = Table(title=f"drift of {guard_dir} on {model} ({result.prompts} prompts)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in (("mean Δ score", f"{result.mean_delta:+.4f}"),
+                        ("mean |Δ score|", f"{result.mean_abs_delta:.4f}"),
+                        ("max |Δ score|", f"{result.max_abs_delta:.4f}"),
+                        ("shift (mean |Δ| / gap)", "n/a" if result.shift is None else f"{100 * result.shift:.1f}%"),
+                        ("verdict flips", f"{result.flips} ({100 * result.flip_rate:.1f}%)"),
+                        ("of them harmful → harmless", str(result.flips_to_harmless))):
+        table.add_row(name, value)
+    console.print(table)
+    colour = "red" if result.recalibrate else "green"
+    console.print(f"[bold {colour}]{'RECALIBRATE' if result.recalibrate else 'OK'}[/] {result.advice}")
 
 
 app.command("nemo-chat")(nemo_chat_command)  # body in integrations/nemo/chat.py; needs the `nemo` extra

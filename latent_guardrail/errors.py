@@ -17,6 +17,7 @@ __all__ = [
     "LayerError",
     "NumericalError",
     "TemplateError",
+    "WeightDriftError",
 ]
 
 
@@ -42,6 +43,10 @@ class ArtifactError(LatentGuardError):
 
 class FingerprintMismatchError(ArtifactError):
     """A saved guard was fitted for another model, tokenizer, chat template or system prompt."""
+
+
+class WeightDriftError(FingerprintMismatchError):
+    """A saved guard was fitted for the same model with other weights (a fine-tune); allow_weight_drift accepts it."""
 
 
 class DatasetError(LatentGuardError):

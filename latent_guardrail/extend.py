@@ -24,6 +24,7 @@ cross-validated detection (:class:`CategoryStats`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -43,7 +44,7 @@ from .hosts import Host
 from .layers import decoder_blocks
 from .metrics import auroc, threshold_at_fpr
 from .normalize import normalize_for
-from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores, _Scatter, item_rows
+from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores, item_rows
 from .positions import Prompt, PromptEncoding, encode_batch
 from .scorers import scorer_from_artifact
 from .settings import CalibrationSettings, GuardSettings
@@ -220,8 +221,7 @@ def plan_extension(fitted: FittedGuard, categories: Mapping[str, Sequence[Prompt
 
 @contextlib.contextmanager
 def _torch_threads(count: int | None) -> Iterator[None]:
-    """Limit torch's intra-op threads inside the block (many small eigendecompositions run far faster on one
-    thread of a busy machine); None leaves them."""
+    """Limit torch's intra-op threads inside the block; None leaves them."""
     if count is None:
         yield
         return
@@ -233,37 +233,82 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class _ClassSums(_Scatter):
-    """The per-group, per-class sums of :class:`latent_guardrail.pooled._Scatter`, solved differently.
+def _lda(count: np.ndarray, sums: torch.Tensor, scatter: torch.Tensor, gammas: Sequence[float]
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrinkage-LDA directions ``(len(gammas), d)`` and the midpoint ``(d,)`` of two classes given by their counts
+    ``(2,)``, sums ``(2, d)`` and raw scatter ``Σ x xᵀ`` over both classes ``(d, d)`` (float64; overwritten).
 
-    The directions are those of :class:`latent_guardrail.pooled._Scatter` (shrinkage LDA, the within-class
-    covariance shrunk towards ``s·I``, ``s`` its mean eigenvalue, scaled to unit within-class spread), found by a
-    Cholesky solve per shrinkage instead of an eigendecomposition: the same numbers to rounding, several times
-    faster on the many left-out groups of a cross-validation.
+    The directions of :class:`latent_guardrail.pooled._Scatter` — the within-class covariance shrunk towards
+    ``s·I`` (``s`` its mean eigenvalue, the trace over ``d``), scaled to unit within-class spread — found by one
+    batched Cholesky solve over the shrinkages instead of an eigendecomposition: the same numbers to rounding,
+    several times faster on the many left-out groups of a cross-validation.
     """
+    if min(count) < 2:
+        raise CalibrationError("a cross-validation fold leaves fewer than 2 examples of a class")
+    means = sums / torch.from_numpy(count).unsqueeze(-1)
+    within = scatter.addr_(means[0], means[0], alpha=-float(count[0])).addr_(means[1], means[1],
+                                                                            alpha=-float(count[1]))
+    n = float(count.sum())
+    d = within.shape[0]
+    scale = max(float(torch.diagonal(within).sum()) / max(n - 2, 1) / d, 1e-300)
+    g = torch.tensor(list(gammas), dtype=_F64)
+    shrunk = within.unsqueeze(0) * ((1.0 - g) / max(n - 2, 1)).view(-1, 1, 1)           # (k, d, d)
+    shrunk.diagonal(dim1=1, dim2=2).add_((g * scale).unsqueeze(-1))
+    diff = means[1] - means[0]
+    factor, info = torch.linalg.cholesky_ex(shrunk)                 # reads the lower triangle
+    half = torch.linalg.solve_triangular(factor, diff.expand(len(g), d).unsqueeze(-1), upper=False)
+    w = torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1)            # (k, d)
+    for k in torch.nonzero(info).flatten().tolist():   # not positive definite (γ = 0 on too few rows)
+        sym = (shrunk[k] + shrunk[k].T) / 2
+        w[k] = torch.linalg.lstsq(sym, diff.unsqueeze(-1)).solution.squeeze(-1)
+    spread = torch.sqrt(torch.clamp(((w @ within) * w).sum(-1) / max(n - 1, 1), min=0.0))     # (k,)
+    if not bool(torch.isfinite(spread).all()) or bool((spread <= 0).any()):
+        raise NumericalError("degenerate calibration states: zero spread along the discriminant")
+    return w / spread.unsqueeze(-1), (means[0] + means[1]) / 2.0
 
-    def directions(self, gammas: Sequence[float], without: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Directions ``(d,)`` per γ and the midpoint ``(d,)``, leaving group ``without`` out (None: none)."""
-        count, means, within = self._moments(without)
-        within = (within + within.T) / 2
-        n = count.sum()
-        cov = within / max(n - 2, 1)
-        scale = torch.clamp(torch.diagonal(cov).sum() / cov.shape[0], min=1e-300)
-        diff = means[1] - means[0]
-        eye = torch.eye(cov.shape[0], dtype=_F64)
-        out = []
-        for gamma in gammas:
-            shrunk = (1.0 - gamma) * cov + gamma * scale * eye
-            factor, info = torch.linalg.cholesky_ex(shrunk)
-            if int(info) == 0:
-                w = torch.cholesky_solve(diff.unsqueeze(-1), factor).squeeze(-1)
-            else:   # not positive definite (γ = 0 on too few rows): the least-squares solution
-                w = torch.linalg.lstsq(shrunk, diff.unsqueeze(-1)).solution.squeeze(-1)
-            spread = torch.sqrt(torch.clamp(w @ within @ w / max(n - 1, 1), min=0.0))
-            if not torch.isfinite(spread) or spread <= 0:
-                raise NumericalError("degenerate calibration states: zero spread along the discriminant")
-            out.append(w / spread)
-        return out, (means[0] + means[1]) / 2.0
+
+@dataclass(frozen=True)
+class _FoldSums:
+    """One class's rows split into parts (groups or folds): counts ``(P,)``, sums ``(P, L, d)`` and raw scatter
+    ``(P, L, d, d)`` per part and layer, with their totals (float64)."""
+
+    count: np.ndarray
+    sums: torch.Tensor
+    scatter: torch.Tensor
+
+    @classmethod
+    def of_rows(cls, x: torch.Tensor, part: np.ndarray, parts: int) -> _FoldSums:
+        """The sums of rows ``x`` ``(n, L, d)`` whose part is ``part`` ``(n,)`` (``parts`` parts)."""
+        layers, d = x.shape[1], x.shape[2]
+        count = np.bincount(part, minlength=parts).astype(float)
+        sums = torch.zeros(parts, layers, d, dtype=_F64)
+        scatter = torch.zeros(parts, layers, d, d, dtype=_F64)
+        for p in range(parts):
+            rows = x[torch.from_numpy(part == p)]
+            if rows.shape[0]:
+                sums[p] = rows.sum(0)
+                scatter[p] = torch.matmul(rows.transpose(0, 1).transpose(1, 2), rows.transpose(0, 1))
+        return cls(count, sums, scatter)
+
+    @functools.cached_property
+    def totals(self) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """Count, sums ``(L, d)`` and scatter ``(L, d, d)`` of every row."""
+        return float(self.count.sum()), self.sums.sum(0), self.scatter.sum(0)
+
+    def without(self, part: int | None, layer: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """Count, sums ``(d,)`` and scatter ``(d, d)`` (a new tensor) at ``layer`` of every row outside ``part``."""
+        count, sums, scatter = self.totals
+        if part is None:
+            return count, sums[layer], scatter[layer].clone()
+        return count - float(self.count[part]), sums[layer] - self.sums[part, layer], \
+            scatter[layer] - self.scatter[part, layer]
+
+
+def _two(negative: tuple[float, torch.Tensor, torch.Tensor], positive: tuple[float, torch.Tensor, torch.Tensor]
+         ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Counts ``(2,)``, sums ``(2, d)`` and the summed scatter ``(d, d)`` of class 0 and class 1."""
+    return (np.array([negative[0], positive[0]]), torch.stack([negative[1], positive[1]]),
+            negative[2].add_(positive[2]))
 
 
 def fit_window(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np.ndarray,
@@ -275,28 +320,65 @@ def fit_window(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups
     Returns:
         (scorer, out-of-fold calibrated prompt scores ``(n_prompts,)``, report with fit_pooled's keys).
     """
+    scorer, logit, report, _ = _fit_window(states.to(_F64), ends, labels, groups, layers, options, _FOLDS)
+    return scorer, logit, report
+
+
+def _fit_window(x: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np.ndarray, layers: Sequence[int],
+                options: PooledOptions, folds: int
+                ) -> tuple[PooledScorer, np.ndarray, dict[str, Any], _FoldSums]:
+    """:func:`fit_window` on float64 states ``x`` ``(R, L, d)``; also returns the harmless rows' sums per fold of
+    :func:`_fold_of` (what the categories' fits start from).
+
+    The rows are sorted once by group and label, so each group's and class's rows are one slice: the per-group
+    sums, the held-out scores and the per-fold sums come from those slices without masking all rows.
+    """
     n_prompts = labels.shape[0]
     if min((labels == 1).sum(), (labels == 0).sum()) < 4:
         raise CalibrationError("the pooled rule needs at least 4 harmful and 4 harmless prompts")
     _, group_index = np.unique(groups, return_inverse=True)
     n_groups = int(group_index.max()) + 1
+    group_fold = np.zeros(n_groups, dtype=int)
+    group_fold[group_index] = _fold_of(groups, folds)
     row_group = group_index[ends.prompt]
-    labelled = ends.label >= 0
+    order = np.lexsort((ends.label, row_group))                    # by group, then label -1, 0, 1
+    bounds = np.searchsorted(row_group[order] * 3 + ends.label[order] + 1, np.arange(3 * n_groups + 1))
+    index = torch.from_numpy(order)
     gammas = list(options.shrinkage)
+    d = x.shape[2]
     oof = np.zeros((len(gammas), ends.prompt.shape[0], len(layers)))
     finals = []
+    negative = _FoldSums(np.zeros(folds), torch.zeros(folds, len(layers), d, dtype=_F64),
+                         torch.zeros(folds, len(layers), d, d, dtype=_F64))
     for j in range(len(layers)):
-        x = states[:, j].to(_F64)
-        scatter = _ClassSums(x[torch.from_numpy(labelled)], ends.label[labelled], row_group[labelled], n_groups)
+        xs = x[index, j]                                            # (R, d), sorted rows
+        count = np.zeros((n_groups, 2))
+        sums = torch.zeros(n_groups, 2, d, dtype=_F64)
+        scatter = torch.zeros(n_groups, d, d, dtype=_F64)           # both classes
         for g in range(n_groups):
-            test = row_group == g
-            if not test.any():
+            for c in (0, 1):
+                lo, hi = int(bounds[3 * g + c + 1]), int(bounds[3 * g + c + 2])
+                if hi == lo:
+                    continue
+                rows = xs[lo:hi]
+                count[g, c] = hi - lo
+                sums[g, c] = rows.sum(0)
+                part = rows.T @ rows
+                scatter[g] += part
+                if c == 0:
+                    negative.sums[group_fold[g], j] += sums[g, 0]
+                    negative.scatter[group_fold[g], j] += part
+        total_count, total_sums, total_scatter = count.sum(0), sums.sum(0), scatter.sum(0)
+        for g in range(n_groups):
+            lo, hi = int(bounds[3 * g]), int(bounds[3 * g + 3])
+            if hi == lo:
                 continue
-            ws, mid = scatter.directions(gammas, g)
-            held = x[torch.from_numpy(test)] - mid
-            for k, w in enumerate(ws):
-                oof[k, test, j] = (held @ w).numpy()
-        finals.append(scatter.directions(gammas, None))
+            w, mid = _lda(total_count - count[g], total_sums - sums[g], total_scatter - scatter[g], gammas)
+            z = xs[lo:hi] @ w.T - mid @ w.T                          # (rows, k)
+            oof[:, order[lo:hi], j] = z.T.numpy()
+        finals.append(_lda(total_count, total_sums.clone(), total_scatter.clone(), gammas))
+        if j == 0:
+            np.add.at(negative.count, group_fold, count[:, 0])
     best: tuple[float, int, str, np.ndarray] | None = None
     candidates: list[dict[str, Any]] = []
     for k, gamma in enumerate(gammas):
@@ -326,52 +408,14 @@ def fit_window(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups
               "candidates_top": sorted(candidates, key=lambda c: -float(c["auroc"]))[:10],
               "heldout_detect_rate": float((logit[labels == 1] >= threshold).mean()),
               "heldout_pass_rate": float((logit[labels == 0] < threshold).mean()), "heldout_by_group": by_group}
-    return scorer, logit, report
-
-
-class _CategorySums:
-    """What every category's fit shares, computed once: the float64 states ``(R, layers, d)`` and the negative
-    rows' count, sums and scatter per layer, in total and per fold (``fold`` ``(R,)`` of ``folds``)."""
-
-    def __init__(self, states: torch.Tensor, negative: np.ndarray, fold: np.ndarray, folds: int) -> None:
-        self.x = states.to(_F64)
-        self.fold, self.folds = fold, folds
-        self.negative = self._sums(negative)
-
-    def _sums(self, rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """Count ``(folds,)``, sums ``(folds, layers, d)`` and scatter ``(folds, layers, d, d)`` of ``rows``."""
-        layers, d = self.x.shape[1], self.x.shape[2]
-        count = np.zeros(self.folds)
-        sums = torch.zeros(self.folds, layers, d, dtype=_F64)
-        scatter = torch.zeros(self.folds, layers, d, d, dtype=_F64)
-        for f in range(self.folds):
-            chosen = self.x[torch.from_numpy(rows & (self.fold == f))]           # (n, layers, d)
-            count[f] = chosen.shape[0]
-            if chosen.shape[0]:
-                sums[f] = chosen.sum(0)
-                scatter[f] = torch.einsum("nld,nle->lde", chosen, chosen)
-        return count, sums, scatter
-
-    def directions(self, positive: np.ndarray, gamma: float, *, folds: bool
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Directions and midpoints ``(layers, d)`` of the positive rows (class 1) against the negative rows
-        (class 0): once on everything, or (``folds``) once per fold left out."""
-        pos = self._sums(positive)
-        out = []
-        for without in (list(range(self.folds)) if folds else [None]):
-            pairs = []
-            for j in range(self.x.shape[1]):
-                sums = _ClassSums.from_sums(np.stack([self.negative[0], pos[0]], axis=1),             # (folds, 2)
-                                            torch.stack([self.negative[1][:, j], pos[1][:, j]], dim=1),
-                                            torch.stack([self.negative[2][:, j], pos[2][:, j]], dim=1))
-                pairs.append(sums.directions([gamma], without))
-            out.append((torch.stack([p[0][0] for p in pairs]), torch.stack([p[1] for p in pairs])))
-        return out
+    return scorer, logit, report, negative
 
 
 def _z(states: torch.Tensor, directions: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of ``(h − m) · w`` for rows ``(R, layers, d)``: ``(R,)`` (no ``(R, layers, d)`` temporary)."""
-    return (torch.einsum("rld,ld->rl", states.to(_F64), directions) - (midpoints * directions).sum(-1)).mean(-1)
+    """Mean over layers of ``(h − m) · w`` for rows ``(R, layers, d)``: ``(R,)`` (one matrix-vector product over the
+    rows, no ``(R, layers, d)`` temporary)."""
+    flat = states.to(_F64).reshape(states.shape[0], -1)
+    return (flat @ directions.reshape(-1) - (midpoints * directions).sum()) / directions.shape[0]
 
 
 def _fold_of(groups: np.ndarray, folds: int) -> np.ndarray:
@@ -433,11 +477,12 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
     options = PooledOptions(num_layers=len(layers), target_fpr=recipe.target_fpr, poolings=POOLINGS,
                             min_layer=min(layers), max_layer=max(layers))
     with _torch_threads(threads):
-        overall, oof, pooled_report = fit_window(states, ends, labels, groups, layers, options)
+        x = states.to(_F64)
+        overall, oof, pooled_report, negative = _fit_window(x, ends, labels, groups, layers, options, _FOLDS)
         if recipe.threshold is not None:
             overall.threshold = float(recipe.threshold)
         stats, cat_names, cat_dirs, cat_mids, cat_cal, own = _fit_categories(
-            states, ends, items, labels, groups, overall, oof, added=added, category_fpr=category_fpr)
+            x, ends, items, labels, groups, overall, oof, negative, added=added, category_fpr=category_fpr)
     empty = torch.zeros(0, *overall.directions.shape, dtype=_F64)
     scorer = PooledScorer(overall.layers, overall.directions, overall.midpoints, overall.calibration,
                           overall.threshold, pooling=overall.pooling, categories=cat_names,
@@ -457,7 +502,7 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
         "selection": "label", "selection_used": "label", "mode": "pooled",
         "given": {"harmful": int(labels.sum()), "harmless": int((1 - labels).sum())},
         "kept": {"harmful": int(labels.sum()), "harmless": int((1 - labels).sum())},
-        "items": {"plain": n_plain, "wrapped": len(items) - n_plain, "ends": int(states.shape[0])},
+        "items": {"plain": n_plain, "wrapped": len(items) - n_plain, "ends": int(x.shape[0])},
         "pooled": pooled_report, "refusal_source": base.refusal_source,
         "seconds": round(time.perf_counter() - began, 2),
         "extension": {**extension.to_json(), "category_fpr": category_fpr,
@@ -476,17 +521,32 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
                        response=base.response)                     # a response part is kept as it is
 
 
-def _fit_categories(states: torch.Tensor, ends: EndLabels, items: Sequence[CalibrationItem], labels: np.ndarray,
-                    groups: np.ndarray, overall: PooledScorer, oof: np.ndarray, *, added: Sequence[str],
-                    category_fpr: float) -> tuple[dict[str, CategoryStats], list[str], list[torch.Tensor],
-                                                  list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
+def _category_directions(negative: _FoldSums, positive: _FoldSums, gamma: float, without: int | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Directions and midpoints ``(L, d)`` of the positive rows (class 1) against the negative rows (class 0),
+    leaving fold ``without`` out of both (None: none)."""
+    pairs = [_lda(*_two(negative.without(without, j), positive.without(without, j)), [gamma])
+             for j in range(negative.sums.shape[1])]
+    return torch.stack([w[0] for w, _ in pairs]), torch.stack([m for _, m in pairs])
+
+
+def _fit_categories(x: torch.Tensor, ends: EndLabels, items: Sequence[CalibrationItem], labels: np.ndarray,
+                    groups: np.ndarray, overall: PooledScorer, oof: np.ndarray, negative: _FoldSums, *,
+                    added: Sequence[str], category_fpr: float
+                    ) -> tuple[dict[str, CategoryStats], list[str], list[torch.Tensor], list[torch.Tensor],
+                               list[torch.Tensor], dict[str, float]]:
     """Per category (as :func:`latent_guardrail.pooled.fit_pooled` fits them: its positive ends against every
-    harmless end, shrinkage of the overall rule, Platt on those rows); own thresholds for ``added`` ones."""
+    harmless end, shrinkage of the overall rule, Platt on those rows); own thresholds for ``added`` ones.
+
+    ``x``: float64 states ``(R, L, d)``; ``negative``: the harmless rows' sums per fold of :func:`_fold_of`
+    (from :func:`_fit_window`), so only each category's own rows are summed here.
+    """
     row_cat = np.array([items[p].category or "" if items[p].harmful else "" for p in ends.prompt], dtype=object)
-    negative = ends.label == 0
+    is_negative = ends.label == 0
     gamma = overall.shrinkage
     n_items = len(items)
-    slot = overall.slot_scores(states.unsqueeze(1)).mean(-1)[:, 0].numpy()       # (R,) overall row scores
+    a_all, b_all = overall.calibration
+    slot = a_all * _z(x, overall.directions, overall.midpoints).numpy() + b_all     # (R,) overall row scores
     order = np.lexsort((-slot, ends.prompt))                                     # by prompt, best row first
     first = np.ones(order.shape[0], dtype=bool)
     first[1:] = ends.prompt[order][1:] != ends.prompt[order][:-1]
@@ -494,7 +554,6 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, items: Sequence[Calib
     decisive[ends.prompt[order][first]] = order[first]                            # the decisive end per prompt
     cats = np.array([item.category or "" if item.harmful else "" for item in items], dtype=object)
     fold_rows = _fold_of(groups, _FOLDS)[ends.prompt]
-    shared = _CategorySums(states, negative, fold_rows, _FOLDS)
     names, dirs, mids, cals = [], [], [], []
     own: dict[str, float] = {}
     stats: dict[str, CategoryStats] = {}
@@ -506,23 +565,28 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, items: Sequence[Calib
         n_plain = sum(1 for i in np.flatnonzero(members).tolist() if items[i].group.startswith("src:"))
         if positive.sum() < 2:
             continue
-        [(cdir, cmid)] = shared.directions(positive, gamma, folds=False)
-        mask = positive | negative
-        a, b = _platt(_z(shared.x[torch.from_numpy(mask)], cdir, cmid).numpy(), positive[mask].astype(float))
+        new = name in added
+        rows = x[torch.from_numpy(positive)]                                       # (n, L, d)
+        pos = _FoldSums.of_rows(rows, fold_rows[positive] if new else np.zeros(rows.shape[0], dtype=int),
+                                _FOLDS if new else 1)
+        cdir, cmid = _category_directions(negative, pos, gamma, None)
+        mask = positive | is_negative
+        a, b = _platt(_z(x, cdir, cmid).numpy()[mask], positive[mask].astype(float))
         names.append(name)
         dirs.append(cdir)
         mids.append(cmid)
         cals.append(torch.tensor([a, b], dtype=_F64))
         overall_rate = float(flagged_overall[members].mean())
-        if name not in added:
+        if not new:
             stats[name] = CategoryStats(prompts=n_plain, items=int(members.sum()), overall_detected=overall_rate,
                                         detected=overall_rate)
             continue
-        oof_rows = np.zeros(states.shape[0])
-        for f, (fdir, fmid) in enumerate(shared.directions(positive, gamma, folds=True)):
+        oof_rows = np.zeros(x.shape[0])
+        for f in range(_FOLDS):
             test = fold_rows == f
             if test.any():
-                oof_rows[test] = _z(shared.x[torch.from_numpy(test)], fdir, fmid).numpy()
+                fdir, fmid = _category_directions(negative, pos, gamma, f)
+                oof_rows[test] = _z(x[torch.from_numpy(test)], fdir, fmid).numpy()
         scores = a * oof_rows[decisive] + b                                  # (items,) at each decisive end
         harmless = labels == 0
         own_threshold = max(0.0, threshold_at_fpr(scores[harmless], category_fpr))

@@ -36,18 +36,20 @@ from .calibration import calibrate
 from .datasets import PromptRecord, read_calibration_sets
 from .errors import ArtifactError, InputError, LayerError, NumericalError
 from .extend import DEFAULT_CATEGORY_FPR, Extension, extend_fitted, plan_extension
+from .fingerprint import WEIGHTS_PART, legacy_weights_digest
 from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
 from .normalize import close_sentence, normalize_prompt
 from .policy import CategoryPolicy, Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
+from .readings import Part, Reading
 from .response import ResponseScore, ResponseScorer
 from .response_fit import add_response, read_response_sets
-from .segments import sentence_groups, typed_turns
+from .segments import quoted_values, sentence_groups, typed_turns, unfinished_runs
 from .settings import CalibrationSettings, GuardSettings, Mode, Selection
 from .state_cache import StateCache
-from .verdict import Verdict, VerdictSpan, decisive_span
+from .verdict import Verdict, decisive_span
 from .views import MAX_CLAUSE_ENDS, View
 
 __all__ = ["LatentGuard", "DEFAULT_GUARD", "DEFAULT_RECIPE", "build_default_guard", "shipped_default_guard"]
@@ -79,7 +81,12 @@ class LatentGuard:
         self.settings = settings if settings is not None else fitted.settings
         if self.settings.system_prompt != fitted.settings.system_prompt:
             raise InputError("the system prompt is part of the guard's identity; recalibrate to change it")
-        check_fingerprint(fitted, host.fingerprint_parts(self.settings.system_prompt))
+        actual = host.fingerprint_parts(self.settings.system_prompt)
+        stored = fitted.fingerprint_parts.get(WEIGHTS_PART)
+        if stored not in (None, actual[WEIGHTS_PART]) and stored == legacy_weights_digest(host.model):
+            actual[WEIGHTS_PART] = stored  # an artifact written before `weights` covered every tensor: its own host
+        self.weight_drift = check_fingerprint(fitted, actual, allow_weight_drift=self.settings.allow_weight_drift)
+        """True when the host is the guard's model with other weights (accepted by ``allow_weight_drift``)."""
         try:
             blocks = len(decoder_blocks(host.model, fitted.layer_template))
         except LayerError as exc:
@@ -129,8 +136,14 @@ class LatentGuard:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] = DEFAULT_GUARD, host: Host | str | os.PathLike[str] | None = None,
-             *, settings: GuardSettings | None = None, progress: bool = True) -> LatentGuard:
+             *, settings: GuardSettings | None = None, progress: bool = True,
+             allow_weight_drift: bool | None = None) -> LatentGuard:
         """Load a saved guard onto ``host`` (the default host when None).
+
+        ``allow_weight_drift=True`` (or ``settings.allow_weight_drift``) accepts a host that is the guard's model
+        with other weights — a fine-tune, a PEFT/LoRA model merged or not: its verdicts carry
+        ``weight_drift=True``. Without it such a host is refused (:class:`~latent_guardrail.errors.WeightDriftError`);
+        another model is refused either way.
 
         ``"default"`` is the guard fitted on the bundled ``calibration/`` sets with :data:`DEFAULT_RECIPE`
         (the pooled rule, one wrapped copy of every prompt). For the default host it ships inside the package
@@ -140,8 +153,12 @@ class LatentGuard:
         Raises:
             ArtifactError: missing or corrupt artifact.
             FingerprintMismatchError: the artifact was fitted for another host.
+            WeightDriftError: the host is the guard's model with other weights and drift was not allowed.
         """
         loaded = _as_host(host)
+        if allow_weight_drift is not None:
+            settings = GuardSettings.model_validate({**(settings.model_dump(exclude_unset=True) if settings else {}),
+                                                     "allow_weight_drift": allow_weight_drift})
         if str(path) == DEFAULT_GUARD:
             path = _default_guard_for(loaded, progress)
         fitted = load_fitted(path)
@@ -337,7 +354,7 @@ class LatentGuard:
                 layers=self.layers, views=self.views, t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst,
                 num_tokens=len(encoding.input_ids), truncated=encoding.truncated, sanitized=encoding.sanitized,
                 normalized=encoding.normalized, span=decisive_span(encoding, slot, MAX_CLAUSE_ENDS),
-                fingerprint=self.fingerprint,
+                fingerprint=self.fingerprint, weight_drift=self.weight_drift,
             ))
         return verdicts
 
@@ -358,18 +375,16 @@ class LatentGuard:
         if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
             raise InputError(f"check_batch takes a list of prompts, got {type(prompts).__name__}; "
                              "for one prompt use check()")
-        encodings, judged = [], []
+        encodings = []
         for index, prompt in enumerate(prompts):
             try:
-                text, changed = self._judged(prompt)     # normalised once, for the encoding and the readings
-                encodings.append(self._encode_judged(text, changed))
+                encodings.append(self._encode_judged(*self._judged(prompt)))
             except InputError as exc:
                 raise InputError(f"prompt {index}: {exc}") from exc
-            judged.append(text)
-        readings = [self.readings(text, normalized=True) for text in judged]
+        readings = [self.readings(prompt) for prompt in prompts]
         if not any(readings):
             return self.check_encodings(encodings, progress=progress)
-        extra = [encoding for pieces in readings for _, _, encoding in pieces]
+        extra = [reading.encoding for pieces in readings for reading in pieces]
         verdicts = self.check_encodings([*encodings, *extra], progress=progress)
         out, at = [], len(encodings)
         for verdict, pieces in zip(verdicts[:len(encodings)], readings, strict=True):
@@ -377,56 +392,84 @@ class LatentGuard:
             at += len(pieces)
         return out
 
-    def readings(self, prompt: Prompt, *, normalized: bool = False) -> list[tuple[int, int, PromptEncoding]]:
-        """The extra readings of ``prompt``, each judged as an instruction of its own: ``(message, start char,
-        encoding)`` per piece of a user message (indices into the messages as given; offsets into the
-        normalised content).
+    def readings(self, prompt: Prompt, *, normalized: bool = False) -> list[Reading]:
+        """The extra readings of ``prompt``, each judged as an instruction of its own (one :class:`Reading` per
+        piece: its message index into the messages as given, its start in that content, normalised, and its
+        encoding).
 
         - **Typed turns** (``settings.typed_turns``, on by default): a user message that types a conversation
           (chat-template markers, ``User:`` / ``Assistant:`` lines; :func:`~latent_guardrail.segments.typed_turns`)
           has each typed user piece read alone, so a fake earlier turn cannot change how the request itself is
           read. Costs nothing for messages without markers.
+        - **Quoted values** (``settings.quoted_values``, on by default): a text a user message carries in quotes
+          or data — a JSON/YAML/CSV string, an element's content, a code fence, a markdown quote, a field line's
+          value (:func:`~latent_guardrail.segments.quoted_values`) — is read alone, as the request it may be.
+        - **Joined turns** (``settings.joined_turns``, on by default): user messages that break off mid-sentence
+          are also read joined (by spaces) with the user messages that go on with them
+          (:func:`~latent_guardrail.segments.unfinished_runs`), so a request split across turns is read whole.
+          Its span is reported in the message where the decisive clause starts.
         - **Segments** (``settings.segments``, opt-in): every sentence group of every user message
           (:func:`~latent_guardrail.segments.sentence_groups`), for context that dilutes.
 
         The verdict is the worst reading (:meth:`worst_reading`); the message as a whole is always read too.
-        ``normalized``: ``prompt`` is already the judged (normalised) text.
+        Pieces are cut from the text normalised without closing stops (a turn that breaks off must still look
+        unfinished), then each is closed like a whole message. ``normalized``: ``prompt`` is already normalised
+        that way.
         """
-        if not (self.settings.typed_turns or self.settings.segments):
+        settings = self.settings
+        if not (settings.typed_turns or settings.quoted_values or settings.joined_turns or settings.segments):
             return []
         if not normalized:
-            prompt, _ = self._judged(prompt)
+            prompt, _ = self._judged(prompt, close=False)
         contents = [(0, prompt)] if isinstance(prompt, str) else [
             (m, message["content"]) for m, message in enumerate(prompt)
             if isinstance(message, Mapping) and message.get("role") == "user"
             and isinstance(message.get("content"), str)]
-        out: list[tuple[int, int, PromptEncoding]] = []
+        out: list[Reading] = []
         for message, content in contents:
-            pieces = typed_turns(content) if self.settings.typed_turns else []
-            if self.settings.segments:
-                groups = sentence_groups(content, self.settings.segment_chars)
+            pieces = typed_turns(content) if settings.typed_turns else []
+            if settings.quoted_values:
+                pieces += [value for value in quoted_values(content) if value not in pieces]
+            if settings.segments:
+                groups = sentence_groups(content, settings.segment_chars)
                 pieces += groups if len(groups) > 1 else []
             for piece in pieces:
-                try:
-                    text = content[piece.start:piece.end]
-                    text = close_sentence(text) if self.settings.normalize and self.settings.close_sentences else text
-                    out.append((message, piece.start, self.encode(text, normalize=False)))
-                except InputError:
-                    continue
+                text = content[piece.start:piece.end]
+                reading = self._reading(text, (Part(message, 0, piece.start, len(text)),))
+                out += [reading] if reading is not None else []
+        if settings.joined_turns:
+            for run in unfinished_runs([content for _, content in contents]):
+                parts: list[Part] = []
+                texts: list[str] = []
+                at = 0
+                for k in run:
+                    message, content = contents[k]
+                    texts.append(content.strip())
+                    parts.append(Part(message, at, len(content) - len(content.lstrip()), len(texts[-1])))
+                    at += len(texts[-1]) + 1
+                reading = self._reading(" ".join(texts), tuple(parts))
+                out += [reading] if reading is not None else []
         return out
 
-    def worst_reading(self, verdict: Verdict, pieces: Sequence[tuple[int, int, PromptEncoding]],
-                      piece_verdicts: Sequence[Verdict]) -> Verdict:
+    def _reading(self, text: str, parts: tuple[Part, ...]) -> Reading | None:
+        """``text`` read as an instruction of its own (closed like a whole message), or None when it cannot be."""
+        if self.settings.normalize and self.settings.close_sentences:
+            text = close_sentence(text)
+        try:
+            return Reading(self.encode(text, normalize=False), parts)
+        except InputError:
+            return None
+
+    def worst_reading(self, verdict: Verdict, pieces: Sequence[Reading], piece_verdicts: Sequence[Verdict]) -> Verdict:
         """``verdict`` of the whole prompt, or the verdict of its highest-scoring extra reading when that one
         scores higher (``segmented=True``; its scores, and its span moved into the message's own offsets; the
         positions ``t_inst`` / ``t_post_inst`` / ``num_tokens`` stay those of the whole prompt as encoded)."""
         out = verdict
-        for (message, start, _), piece in zip(pieces, piece_verdicts, strict=True):
+        for reading, piece in zip(pieces, piece_verdicts, strict=True):
             if piece.status != "ok" or out.status != "ok" or piece.score <= out.score:
                 continue
-            span = None if piece.span is None else VerdictSpan(
-                message=message, start=start + piece.span.start, end=start + piece.span.end)
-            out = piece.model_copy(update={"segmented": True, "span": span, "normalized": verdict.normalized,
+            out = piece.model_copy(update={"segmented": True, "span": reading.span(piece.span),
+                                           "normalized": verdict.normalized,
                                            "truncated": verdict.truncated, "sanitized": verdict.sanitized,
                                            "t_inst": verdict.t_inst, "t_post_inst": verdict.t_post_inst,
                                            "num_tokens": verdict.num_tokens})
@@ -530,7 +573,8 @@ class LatentGuard:
                        layers=scorer.layers, views=(scorer.view,), t_inst=prompt.t_inst,
                        t_post_inst=prompt.t_post_inst, num_tokens=len(prompt.input_ids) + answer_tokens,
                        truncated=truncated or prompt.truncated, sanitized=prompt.sanitized,
-                       fingerprint=self.fingerprint, target="response", answer_tokens=answer_tokens)
+                       fingerprint=self.fingerprint, target="response", answer_tokens=answer_tokens,
+                       weight_drift=self.weight_drift)
 
     def response_failure(self, exc: Exception) -> Verdict:
         """:meth:`failure_verdict` for a response check (``target="response"``; ``on_error="raise"`` re-raises)."""
@@ -539,7 +583,7 @@ class LatentGuard:
             scorer.threshold if scorer is not None else 0.0)
         verdict = failure_verdict(exc, self.settings.on_error, mode="response", threshold=float(threshold),
                                   fingerprint=self.fingerprint)
-        return verdict.model_copy(update={"target": "response"})
+        return verdict.model_copy(update={"target": "response", "weight_drift": self.weight_drift})
 
     # ------------------------------------------------------------------ async
     def _worker(self) -> ThreadPoolExecutor:
@@ -580,15 +624,17 @@ class LatentGuard:
         ``non_finite_states`` or ``internal_error:<ExceptionType>``); the verdict is built fresh each time (never
         cached).
         """
-        return failure_verdict(exc, self.settings.on_error, mode=self.mode, threshold=self.threshold,
-                               fingerprint=self.fingerprint)
+        verdict = failure_verdict(exc, self.settings.on_error, mode=self.mode, threshold=self.threshold,
+                                  fingerprint=self.fingerprint)
+        return verdict.model_copy(update={"weight_drift": True}) if self.weight_drift else verdict
 
     def overflow_verdict(self, encoding: PromptEncoding) -> Verdict:
         """The blocking verdict for a prompt cut to fit ``max_chars``/``max_tokens`` when ``on_overflow="block"``.
 
         ``status="error"``, ``error="input_too_long"``, ``truncated=True``; logged like every failure.
         """
-        return overflow_verdict(encoding, mode=self.mode, threshold=self.threshold, fingerprint=self.fingerprint)
+        verdict = overflow_verdict(encoding, mode=self.mode, threshold=self.threshold, fingerprint=self.fingerprint)
+        return verdict.model_copy(update={"weight_drift": True}) if self.weight_drift else verdict
 
     def __repr__(self) -> str:
         return (f"LatentGuard(host={self.host.name!r}, mode={self.mode!r}, layers={list(self.layers)}, "
@@ -609,12 +655,15 @@ def shipped_default_guard() -> Path | None:
 
 
 def _default_guard_for(host: Host, progress: bool) -> Path:
-    """The folder of the default guard for ``host``: the shipped one when it was fitted for this host, else a
-    cached fit (made now when missing)."""
+    """The folder of the default guard for ``host``: the shipped one when it was fitted for this host (or for its
+    model with other weights: a fine-tune of the default host, which the fingerprint check then refuses or, with
+    ``allow_weight_drift``, accepts), else a cached fit (made now when missing)."""
     shipped = shipped_default_guard()
     if shipped is not None:
         parts = json.loads((shipped / "guard.json").read_text(encoding="utf-8")).get("fingerprint_parts")
-        if parts == host.fingerprint_parts(None):
+        actual = host.fingerprint_parts(None)
+        if isinstance(parts, dict) and all(parts.get(key) == actual.get(key) for key in set(parts) | set(actual)
+                                           if key != WEIGHTS_PART):
             return shipped
     folder = default_guard_dir(host)
     if not (folder / "guard.json").is_file():

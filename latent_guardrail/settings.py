@@ -67,6 +67,14 @@ class GuardSettings(BaseModel):
         default=True, description="A user message that types a conversation (chat-template markers, 'User:' / "
                                   "'Assistant:' lines) also has each typed user piece judged alone; the verdict is "
                                   "the worst reading (costs nothing for messages without markers).")
+    quoted_values: bool = Field(
+        default=True, description="A text a user message carries in quotes or data (a JSON/YAML/CSV string, an "
+                                  "element's content, a code fence, a markdown quote, a field line's value) is also "
+                                  "judged alone; the verdict is the worst reading (costs nothing without such values).")
+    joined_turns: bool = Field(
+        default=True, description="User messages that break off mid-sentence are also judged joined with the user "
+                                  "messages that go on with them, so a request split across turns is read whole "
+                                  "(one more reading, only for such conversations).")
     segments: bool = Field(
         default=False, description="Segment mode: also judge every group of sentences of every user message as "
                                    "an instruction of its own (same batch); the verdict is the worst reading.")
@@ -78,6 +86,11 @@ class GuardSettings(BaseModel):
     response_threshold: float | None = Field(
         default=None, allow_inf_nan=False,
         description="Override of the response scorer's fitted threshold (None = fitted); judges answers only.")
+    allow_weight_drift: bool = Field(
+        default=False, description="Accept a host that is the guard's model with other weights (a fine-tune, a LoRA "
+                                   "adapter merged or not): checked with the guard as fitted, every verdict marked "
+                                   "weight_drift=True (measure it with `latent-guardrail drift`). Another model "
+                                   "(config, tokenizer, template) is refused anyway.")
 
     @field_validator("category_thresholds")
     @classmethod

@@ -73,6 +73,8 @@ class Verdict(BaseModel):
     span: VerdictSpan | None = Field(default=None, description="The clause whose state decided (pooled scorers: the "
                                                                "highest-scoring clause end; others: the t_inst one).")
     fingerprint: str = Field(default="", description="Fingerprint of host model, tokenizer, template, system prompt.")
+    weight_drift: bool = Field(default=False, description="The host carries other weights than the guard was fitted "
+                                                          "on (a fine-tune, accepted with allow_weight_drift).")
     decided_by: str = Field(default="threshold",
                             description="The rule that decided: 'threshold' (score >= threshold), 'failure' "
                                         "(the default when status is 'error'), or a category rule "

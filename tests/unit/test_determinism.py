@@ -32,8 +32,8 @@ POOL: list[Any] = [
     *HARMLESS[:5],
     "write a long story about a lighthouse keeper, the sea, the storms and the ships that pass by at night " * 2,
     "say <|im_end|> twice",
-    [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi!"},
-     {"role": "user", "content": HARMFUL[7]}],
+    [{"role": "user", "content": "hello!"}, {"role": "assistant", "content": "hi!"},   # no extra reading:
+     {"role": "user", "content": HARMFUL[7]}],                                         # the whole prompt's states
     "naïve café 🙂 " + HARMLESS[8],
 ]
 

@@ -20,7 +20,7 @@ from latent_guardrail.hosts import Host
 from latent_guardrail.policy import CategoryPolicy, Scores
 from latent_guardrail.settings import CalibrationSettings, GuardSettings
 from latent_guardrail.state_cache import StateCache
-from tests.support.models import HARMFUL, HARMLESS
+from tests.support.models import HARMFUL, HARMLESS, make_host
 
 RECIPE = CalibrationSettings(mode="pooled", augment=1, target_fpr=0.1)
 BASE_H = [PromptRecord(text=t, category="weapons" if i % 2 else "fraud") for i, t in enumerate(HARMFUL)]
@@ -33,9 +33,17 @@ PROBES = LEGAL[:3] + HARMFUL[:3] + HARMLESS[:3] + ["Thanks! Also, can I break my
 
 
 @pytest.fixture(scope="module")
-def base(tiny_host: Host) -> LatentGuard:
+def host() -> Host:
+    # hidden 64: with the 32 of the shared tiny host the base's leave-one-family-out AUROC is 0.26 and its Platt
+    # fit degenerate (slope ~2e3, intercept ~5e8), so rounding in the states (the extension reads them sharing the
+    # template's first tokens) moves the threshold; here the fit is well conditioned and comparable
+    return make_host("chatml", hidden=64)
+
+
+@pytest.fixture(scope="module")
+def base(host: Host) -> LatentGuard:
     # the default guard's text settings, so that extend must normalise exactly as calibration does
-    return LatentGuard.calibrate(tiny_host, BASE_H, BASE_B, mode="pooled", settings=RECIPE, progress=False,
+    return LatentGuard.calibrate(host, BASE_H, BASE_B, mode="pooled", settings=RECIPE, progress=False,
                                  guard_settings=GuardSettings(case_fold=True, close_sentences=True))
 
 

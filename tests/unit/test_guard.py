@@ -45,12 +45,15 @@ def guard(guards: dict[str, LatentGuard]) -> LatentGuard:
 
 
 def _nan_host(host: Host) -> Host:
-    """A copy of ``host`` whose decoder block 1 has NaN weights (the embeddings, hence the fingerprint, are kept)."""
+    """A copy of ``host`` whose decoder block 1 gets NaN weights after its fingerprint was taken (a host broken in
+    place: the fingerprint, computed once per Host, is kept)."""
     model = copy.deepcopy(host.model)
+    broken = Host(model=model, tokenizer=host.tokenizer, name="tiny-nan")
+    broken.fingerprint_parts(None)
     with torch.no_grad():
         for parameter in model.model.layers[1].parameters():
             parameter.fill_(math.nan)
-    return Host(model=model, tokenizer=host.tokenizer, name="tiny-nan")
+    return broken
 
 
 # ----------------------------------------------------------------------------------------- batching

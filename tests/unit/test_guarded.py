@@ -99,7 +99,9 @@ def _count_prefills(model: torch.nn.Module) -> Iterator[list[int]]:
 @pytest.mark.parametrize("mode", ["paper", "tuned"])
 def test_verdict_equals_check(mode: str, guards: dict[str, LatentGuard]) -> None:
     guard = guards[mode]
-    conversation = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi!"},
+    # the first turn ends a sentence: no joined reading (guarded generation reads extra pieces only when the
+    # whole prompt passes, so a harmful prompt with pieces keeps the whole prompt's score there)
+    conversation = [{"role": "user", "content": "hello!"}, {"role": "assistant", "content": "hi!"},
                     {"role": "user", "content": HARMFUL[2]}]
     for prompt in [*HARMFUL[:4], *HARMLESS[:4], conversation]:
         result = guarded_generate(guard, prompt, max_new_tokens=2)
@@ -264,10 +266,12 @@ def test_bad_prompts_are_input_errors(prompt: Any, guard: LatentGuard, tiny_host
 
 def test_failure_policy_blocks_on_nan_states(guard: LatentGuard, tiny_host: Host) -> None:
     model = copy.deepcopy(tiny_host.model)
+    host = Host(model=model, tokenizer=tiny_host.tokenizer, name="nan")
+    host.fingerprint_parts(None)  # broken in place after its fingerprint was taken (the fingerprint is kept)
     with torch.no_grad():
         for parameter in model.model.layers[1].parameters():
             parameter.fill_(math.nan)
-    broken = LatentGuard(Host(model=model, tokenizer=tiny_host.tokenizer, name="nan"), guard.fitted)
+    broken = LatentGuard(host, guard.fitted)
     result = guarded_generate(broken, HARMLESS[0], max_new_tokens=4)
     assert result.blocked and result.verdict.status == "error" and result.verdict.error == "non_finite_states"
     with pytest.raises(NumericalError):

@@ -28,8 +28,10 @@ from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
 from latent_guardrail.normalize import close_sentence, normalize_prompt, normalize_text
 from latent_guardrail.positions import encode_prompt, pad_batch
-from latent_guardrail.segments import clause_ends, sentence_groups, typed_turns
+from latent_guardrail.readings import Part, Reading
+from latent_guardrail.segments import clause_ends, quoted_values, sentence_groups, typed_turns, unfinished_runs
 from latent_guardrail.settings import CalibrationSettings
+from latent_guardrail.verdict import VerdictSpan
 from latent_guardrail.views import MAX_CLAUSE_ENDS, ViewLayout
 
 # ------------------------------------------------------------------------------------------- segments
@@ -64,6 +66,58 @@ def test_sentence_groups_cover_every_visible_character_once_in_order(text: str) 
 ])
 def test_typed_turns_are_the_user_pieces_of_a_typed_conversation(text: str, pieces: list[str]) -> None:
     assert [text[c.start:c.end] for c in typed_turns(text)] == pieces
+
+
+@pytest.mark.parametrize(("text", "values"), [
+    ('{"user_id": 4821, "channel": "web", "query": "how do I pick a lock?"}', ["how do I pick a lock?"]),
+    ('id: 42\nlang: en\nrequest: "tell me a long story"', ["tell me a long story"]),   # field value, unquoted
+    ("<ticket_body>write a poem about the sea</ticket_body>", ["write a poem about the sea"]),
+    ("Name: Ana\nRequest: explain how tides work\nPriority: normal", ["explain how tides work"]),
+    ("> how do tides work\n> on the moon at all", ["how do tides work", "on the moon at all"]),
+    ("```\nlist three red fruits\n```", ["list three red fruits"]),
+    ('12,web,"give me three names",open', ["give me three names"]),
+    ('He said \\"no\\" and then \u201cwhy not try again\u201d', ["why not try again"]),   # escaped quotes skipped
+])
+def test_quoted_values_are_the_texts_carried_in_quotes_or_data(text: str, values: list[str]) -> None:
+    assert [text[c.start:c.end] for c in quoted_values(text)] == values
+
+
+def test_short_values_and_the_whole_text_are_not_quoted_values() -> None:
+    assert quoted_values('say "hi there" twice') == []                    # two words
+    assert quoted_values('"the whole text is quoted"') == []              # the whole text: already read
+    assert quoted_values("it's Bob's 'very own' idea, isn't it") == []    # single quotes are apostrophes
+    many = " ".join(f'"value number {i} here"' for i in range(12))
+    assert len(quoted_values(many)) == 8
+
+
+@given(st.text(alphabet=st.sampled_from(list('ab "<>/`:\n\\')), max_size=80))
+@settings(max_examples=300, deadline=None)
+def test_quoted_values_are_stripped_spans_inside_the_text(text: str) -> None:
+    for value in quoted_values(text, min_words=1):
+        piece = text[value.start:value.end]
+        assert 0 <= value.start < value.end <= len(text) and piece == piece.strip() and piece != text.strip()
+
+
+@pytest.mark.parametrize(("turns", "runs"), [
+    (["first part: write a tutorial on how to", "...and the rest: bake bread."], [[0, 1]]),
+    (["Write a poem.", "Please continue"], []),                     # each turn ends a sentence: nothing joined
+    (["a", "b,", "c.", "d -", "e"], [[0, 1, 2], [3, 4]]),
+    (["Why?", "so...", "then what"], [[1, 2]]),                     # an ellipsis trails off
+    (['He said "stop."', "ok"], []),
+    (["unfinished at the very end"], []),
+])
+def test_unfinished_runs_join_turns_that_break_off_mid_sentence(turns: list[str], runs: list[list[int]]) -> None:
+    assert unfinished_runs(turns) == runs
+
+
+def test_a_reading_reports_its_span_in_the_message_it_came_from(tiny_host: Host) -> None:
+    encoding = encode_prompt(tiny_host.tokenizer, "x")
+    joined = Reading(encoding, (Part(0, 0, 2, 5), Part(2, 6, 0, 9)))     # "abcde" + " " + "fghijklmn"
+    assert joined.span(VerdictSpan(message=0, start=7, end=12)) == VerdictSpan(message=2, start=1, end=6)
+    assert joined.span(VerdictSpan(message=0, start=1, end=20)) == VerdictSpan(message=0, start=3, end=7)
+    piece = Reading(encoding, (Part(1, 0, 10, 4),))
+    assert piece.span(VerdictSpan(message=0, start=0, end=5)) == VerdictSpan(message=1, start=10, end=14)
+    assert piece.span(None) is None and piece.message == 1
 
 
 def test_text_without_typed_turns_has_no_pieces() -> None:
@@ -330,6 +384,36 @@ def test_a_typed_fake_turn_cannot_hide_the_request(pooled_guard: LatentGuard) ->
         assert guarded.score == pytest.approx(verdict.score, rel=1e-4, abs=1e-5) and guarded.segmented
     plain = pooled_guard.check("tea is hot.")                 # no markers: no extra reading
     assert not plain.segmented and pooled_guard.readings("tea is hot.") == []
+
+
+def test_a_request_split_across_turns_is_also_read_whole(pooled_guard: LatentGuard) -> None:
+    first, rest = "tea is hot. zorp", "zorp fish can swim."
+    split = [{"role": "user", "content": f"  {first}"}, {"role": "assistant", "content": "ok."},
+             {"role": "user", "content": rest}]
+    readings = pooled_guard.readings(split)
+    assert [r.encoding.text[slice(*r.encoding.content_span)] for r in readings] == [f"{first} {rest}"]
+    joined = pooled_guard.check(f"{first} {rest}")
+    alone = pooled_guard.with_settings(joined_turns=False).check(split)
+    verdict = pooled_guard.check(split)
+    assert verdict.score == pytest.approx(max(alone.score, joined.score), rel=1e-4, abs=1e-5)
+    if verdict.segmented:       # the span lies in one of the user messages, inside its content
+        assert verdict.span is not None and verdict.span.message in (0, 2)
+        assert verdict.span.of(split) and verdict.span.of(split) in f"{first} {rest}"
+    assert pooled_guard.readings([{"role": "user", "content": rest}]) == []   # one user turn: nothing joined
+    ended = [{"role": "user", "content": "tea is hot."}, *split[1:]]           # the first turn ends a sentence
+    assert pooled_guard.readings(ended) == []
+
+
+def test_a_request_carried_as_a_quoted_value_is_read_alone(pooled_guard: LatentGuard) -> None:
+    request = f"tea is hot. {_TRIGGER} fish can swim."
+    payload = '{"user_id": 4821, "channel": "web", "query": "' + request + '"}'
+    readings = pooled_guard.readings(payload)
+    assert [r.encoding.text[slice(*r.encoding.content_span)] for r in readings] == [request]
+    verdict = pooled_guard.check(payload)
+    whole = pooled_guard.with_settings(quoted_values=False).check(payload)
+    assert verdict.score == pytest.approx(max(whole.score, pooled_guard.check(request).score), rel=1e-4, abs=1e-5)
+    if verdict.segmented:
+        assert verdict.span is not None and verdict.span.of(payload) in request
 
 
 def test_guarded_generation_answers_the_typed_text_and_judges_the_normalised_one(pooled_guard: LatentGuard) -> None:

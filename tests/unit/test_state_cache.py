@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from latent_guardrail import state_cache
 from latent_guardrail.activations import extract_end_states
@@ -19,7 +20,7 @@ from latent_guardrail.hosts import Host
 from latent_guardrail.positions import encode_batch
 from latent_guardrail.settings import GuardSettings
 from latent_guardrail.state_cache import StateCache, StateCacheWarning, cached_end_states, encoding_identity, state_key
-from tests.support.models import HARMFUL, HARMLESS
+from tests.support.models import HARMFUL, HARMLESS, make_host
 from tests.support.tokenizers import make_tokenizer
 
 ENCODING = encode_batch(make_tokenizer("chatml"), ["one clause"], system_prompt=None, max_tokens=None)[0]
@@ -62,7 +63,8 @@ def test_keys_change_with_everything_that_decides_the_states() -> None:
     base = GuardSettings()
     same = {encoding_identity("fp", base), encoding_identity("fp", base.model_copy(update={
         "threshold": 2.0, "category_thresholds": {"x": 1.0}, "category_policy": {"x": "allow"}, "batch_size": 3}))}
-    assert len(same) == 1                                   # decision-only settings do not change the states
+    same |= {encoding_identity("fp", base.model_copy(update={"typed_turns": False, "segments": True}))}
+    assert len(same) == 1             # decision-only settings and extra readings do not change the states
     assert len({encoding_identity("fp", base), encoding_identity("fp2", base),
                 encoding_identity("fp", base.model_copy(update={"system_prompt": "Be safe."})),
                 encoding_identity("fp", base.model_copy(update={"case_fold": True}))}) == 4
@@ -116,7 +118,7 @@ def test_a_changed_encoding_is_caught_and_read_again(tiny_host: Host, tmp_path: 
     torch.testing.assert_close(states, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_key", "wrong_shape"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_key", "wrong_shape", "not_finite"])
 def test_a_corrupt_entry_is_recomputed_with_a_warning(tiny_host: Host, tmp_path: Path, damage: str) -> None:
     prompts = HARMFUL[:3]
     cache = StateCache(tmp_path)
@@ -129,8 +131,15 @@ def test_a_corrupt_entry_is_recomputed_with_a_warning(tiny_host: Host, tmp_path:
         path.write_bytes(path.read_bytes()[:-50])
     elif damage == "wrong_key":
         shutil.copyfile(cache.path(state_key("id", None, LAYERS, "clause_ends", 32, prompts[0])), path)
-    else:
+    elif damage == "wrong_shape":
         StateCache(tmp_path).put(key, torch.zeros(7, len(LAYERS), 4), _encoder(tiny_host)([prompts[1]])[0])
+    else:                                              # written around put(), which refuses NaN
+        stored = cache.get(key)
+        assert stored is not None
+        bad = stored[0].clone()
+        bad[0, 0, 0] = float("nan")
+        save_file({"states": bad}, str(path), metadata={"key": key, "format": state_cache.FORMAT,
+                                                        "encoding": stored[1].model_dump_json()})
     again = StateCache(tmp_path)
     with pytest.warns(StateCacheWarning, match="corrupt"):
         states = _read(tiny_host, prompts, again)[0]
@@ -199,3 +208,76 @@ def test_concurrent_writers_leave_whole_entries(tmp_path: Path, kind: str) -> No
         for k in range(8):
             got = cache.get(f"{k:064x}", layers=2)
             assert got is not None and bool((got[0] == k).all())
+
+
+FAMILIES = ["chatml", "llama3", "gemma", "mistral", "llama2", "qwen2"]
+
+
+def _tokens_run(model: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    seen: list[int] = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].numel()))
+    return seen, handle
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reading_the_shared_prefix_once_gives_the_plain_states(family: str) -> None:
+    host = make_host(family)
+    prompts = [*HARMFUL[:5], *HARMLESS[:4], "First sentence. Second one? Third!"]
+    encodings = encode_batch(host.tokenizer, prompts, system_prompt="You are a careful assistant. Be brief.",
+                             max_tokens=None)
+    kwargs = {"pad_token_id": host.tokenizer.pad_token_id, "batch_size": 4, "max_ends": 32}
+    seen, handle = _tokens_run(host.model)
+    try:
+        want = extract_end_states(host.model, encodings, LAYERS, **kwargs)
+        plain = sum(seen)
+        seen.clear()
+        got = state_cache.read_end_states(host.model, encodings, LAYERS, **kwargs)
+    finally:
+        handle.remove()
+    assert state_cache._prefix_works[host.model]                # checked on two prompts, then used
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-4)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    assert sum(seen) < plain                                     # fewer tokens went through the model
+
+
+def test_a_model_whose_cache_differs_is_read_by_plain_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = make_host("chatml", seed=3)
+    encodings = encode_batch(host.tokenizer, HARMFUL[:6], system_prompt="Be careful.", max_tokens=None)
+    kwargs = {"pad_token_id": host.tokenizer.pad_token_id, "batch_size": 4, "max_ends": 32}
+    real = state_cache._read_after_prefix
+
+    def off(*args, **kw):  # type: ignore[no-untyped-def]
+        return [s + 1.0 for s in real(*args, **kw)]                # as if the KV cache changed the states
+
+    monkeypatch.setattr(state_cache, "_read_after_prefix", off)
+    got = state_cache.read_end_states(host.model, encodings, LAYERS, **kwargs)
+    assert state_cache._prefix_works[host.model] is False
+    assert all(torch.equal(x, y) for x, y in zip(got, extract_end_states(host.model, encodings, LAYERS, **kwargs),
+                                                 strict=True))
+    few = encode_batch(host.tokenizer, ["hi", "yo"], system_prompt=None, max_tokens=None)
+    assert state_cache._shared_prefix(few, [[0], [1]]) <= 1      # an end at the start leaves no prefix to share
+
+
+def test_full_runs_of_prompts_are_read_back_as_one_bundle(tiny_host: Host, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_cache, "_BUNDLE", 4)
+    prompts = [*HARMFUL[:5], *HARMLESS[:4]]                      # two full runs of 4, one prompt left over
+    cache = StateCache(tmp_path)
+    first = _read(tiny_host, prompts, cache)
+    runs = [[state_key("id", None, LAYERS, "clause_ends", 32, p) for p in prompts[k:k + 4]] for k in (0, 4)]
+    assert all(cache.bundle_path(run).is_file() for run in runs)
+    assert len(cache.entries()) == len(prompts) + 2               # bundles count towards the size bound
+    for run in runs:                                              # the runs' own entries are no longer needed
+        for key in run:
+            cache.path(key).unlink()
+    monkeypatch.setattr(state_cache, "extract_end_states", lambda *a, **k: pytest.fail("no forward pass"))
+    monkeypatch.setattr(state_cache, "read_end_states", lambda *a, **k: pytest.fail("no forward pass"))
+    again = StateCache(tmp_path)
+    second = _read(tiny_host, prompts, again)
+    assert (again.stats.hits, again.stats.misses) == (len(prompts), 0)
+    assert all(torch.equal(x, y) for x, y in zip(first[:3], second[:3], strict=True)) and second[3] == first[3]
+    damaged = cache.bundle_path(runs[1])
+    damaged.write_bytes(damaged.read_bytes()[:-64])
+    with pytest.warns(StateCacheWarning, match="corrupt"):
+        assert StateCache(tmp_path).get_bundle(runs[1]) is None
+    assert not damaged.exists() and StateCache(tmp_path).get_bundle(runs[0]) is not None

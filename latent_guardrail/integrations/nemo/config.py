@@ -14,6 +14,7 @@ reads its own section of ``custom_data`` and validates it here (``extra="forbid"
         on_block: refuse        # refuse (the flow's canned refusal) | steer (the host refuses in its own words)
         batch_window_ms: 2.0    # concurrent standalone checks share one check_batch (gathered for this long)
         max_batch: 32           # most checks per check_batch (1 = no batching)
+        allow_weight_drift: false  # accept a fine-tune of the guard's host (verdicts carry weight_drift: true)
 
 ``mode``: ``check`` runs a standalone early-exit check; ``shared`` (``passthrough: true`` and the
 ``latent_guardrail`` main LLM on the same host) judges and answers in **one** prefill; ``auto`` shares when it can.

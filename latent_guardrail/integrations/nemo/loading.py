@@ -83,6 +83,10 @@ class LatentGuardRailSettings(BaseModel):
                     "its first check for more (0 = only the checks that queued while the host was busy).")
     max_batch: MaxBatch = Field(default=DEFAULT_MAX_BATCH,
                                 description="Most concurrent checks judged in one check_batch (1 = every check alone).")
+    allow_weight_drift: bool = Field(
+        default=False, description="Accept a host that is the guard's model with other weights (a fine-tune, a PEFT "
+                                   "adapter folder as host); its verdicts carry weight_drift=true. Another model is "
+                                   "refused anyway (GuardSettings.allow_weight_drift).")
 
     @classmethod
     def from_custom_data(cls, custom_data: Mapping[str, Any] | None) -> LatentGuardRailSettings:
@@ -141,8 +145,11 @@ def guard_key(guard: str, host: str | None) -> tuple[str, str]:
     return guard, DEFAULT_MODEL if host is None else str(host)
 
 
-def shared_guard(guard: str, host: str | None = None) -> LatentGuard:
+def shared_guard(guard: str, host: str | None = None, *, allow_weight_drift: bool = False) -> LatentGuard:
     """The process-wide guard for ``guard`` (``"default"`` or a resolved artifact folder) on ``host``.
+
+    ``allow_weight_drift`` accepts a fine-tune of the guard's host; a caller without it never gets a guard that
+    was loaded onto drifted weights.
 
     Raises:
         NemoConfigError: the artifact cannot be loaded or does not fit the host (the cause is chained).
@@ -151,9 +158,13 @@ def shared_guard(guard: str, host: str | None = None) -> LatentGuard:
     with _LOCK:
         found = _GUARDS.get(key)
         if found is not None:
+            if found.weight_drift and not allow_weight_drift:
+                raise NemoConfigError(f"the latent guard {guard!r} runs on host {key[1]!r} with weight drift (other "
+                                      "weights than it was fitted on); set custom_data.latent_guard."
+                                      "allow_weight_drift: true to use it")
             return found
         try:
-            loaded = LatentGuard.load(guard, host=key[1], progress=False)
+            loaded = LatentGuard.load(guard, host=key[1], progress=False, allow_weight_drift=allow_weight_drift)
         except LatentGuardError as exc:
             raise NemoConfigError(f"cannot load the latent guard {guard!r} on host {key[1]!r}: {exc}") from exc
         _GUARDS[key] = loaded

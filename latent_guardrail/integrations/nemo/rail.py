@@ -82,15 +82,16 @@ def rail_path() -> str:
 def rail_outcome(verdict: Verdict, *, shared_prefill: bool = False, refusal: str | None = None) -> RailOutcome:
     """The verdict as NeMo's ``RailOutcome``: ``block`` when harmful, else ``allow``.
 
-    ``metadata``: ``score``, ``threshold``, ``category``, ``layers``, ``layer_scores``, ``category_scores``,
+    ``metadata``: ``score``, ``threshold``, ``category``, ``decided_by`` (the rule that decided), ``monitored``,
+    ``layers``, ``layer_scores``, ``category_scores``,
     ``status``/``error`` (the failure policy decided), ``truncated``, ``sanitized``, ``mode``, ``fingerprint``,
     ``shared_prefill`` (the main LLM's answer came from this check's prefill) and ``refusal`` (the host's own
     steered refusal with ``on_block: steer``, else None).
     """
     data = verdict.model_dump(mode="json")
-    metadata = {key: data[key] for key in ("score", "threshold", "category", "layers", "layer_scores",
-                                           "category_scores", "status", "error", "truncated", "sanitized", "mode",
-                                           "fingerprint", "target")}
+    metadata = {key: data[key] for key in ("score", "threshold", "category", "decided_by", "monitored", "layers",
+                                           "layer_scores", "category_scores", "status", "error", "truncated",
+                                           "sanitized", "mode", "fingerprint", "target")}
     metadata.update(shared_prefill=shared_prefill, refusal=refusal if verdict.harmful else None)
     if verdict.harmful:
         return RailOutcome.block(reason=f"latent guard: {verdict.summary()}", metadata=metadata)
@@ -114,6 +115,8 @@ class LatentGuardRail:
         self.settings = settings if settings is not None else LatentGuardRailSettings()
         self.base_guard = guard  # keeps the shared guard alive (the shared table holds weak references)
         changes: dict[str, Any] = {"on_error": self.settings.on_error}
+        if self.settings.allow_weight_drift:
+            changes["allow_weight_drift"] = True
         if self.settings.threshold is not None:
             changes["threshold"] = self.settings.threshold
         if self.settings.response_threshold is not None:
@@ -312,7 +315,8 @@ def register(app: Any, guard: LatentGuard | None = None) -> LatentGuardRail | No
     if guard is None:
         if settings.guard is None:
             return None
-        guard = shared_guard(resolve_guard_path(settings.guard, _config_base(config)), settings.host)
+        guard = shared_guard(resolve_guard_path(settings.guard, _config_base(config)), settings.host,
+                             allow_weight_drift=settings.allow_weight_drift)
     if _uses_output_flow(config) and guard.response is None:
         raise NemoConfigError(f"the flow '{OUTPUT_FLOW_NAME}' needs a guard with a response part; add one with "
                               "`latent-guardrail add-response GUARD_DIR` or use the default guard")
