@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 MODEL_STAMP := $(VENV)/.model
 
-.PHONY: install model demo test unit integration lint bench clean default-guard robustness
+.PHONY: install model demo test unit integration lint bench clean default-guard default-response robustness finetune-attack clustering
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,9 +55,22 @@ bench: model
 default-guard: model
 	$(VENV)/bin/latent-guardrail build-default -o latent_guardrail/default_guard
 
+# Refit the response part (output rail) of the shipped default guard on calibration/responses; the input part and
+# every input verdict stay as they are. Rerun after `make default-guard`.
+default-response: model
+	$(PY) scripts/fit_default_response.py
+
 # Held-out sets, wrapper families and everyday prompts on the default guard; writes the README tables.
 robustness: model
 	$(PY) scripts/robustness_report.py --json docs/results/robustness.json --readme
+
+# The paper's fine-tuning attack on the default host (LoRA, n = 50..400 pairs) and its clustering picture;
+# both write docs/results/ and their README sections (tens of minutes on 2 CPU cores: run them on a quiet machine).
+finetune-attack: model
+	$(PY) scripts/finetune_attack.py --json docs/results/finetune_attack.json --plot docs/results/finetune_attack.png --readme
+
+clustering: model
+	$(PY) scripts/clustering_figure.py --readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

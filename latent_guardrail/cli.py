@@ -414,8 +414,9 @@ def add_response_command(
     sets: Annotated[Path | None, typer.Option(help="Folder of response calibration pairs (*.jsonl: prompt, "
                                                    "response, label); default: the bundled ones.")] = None,
     every: Annotated[int, typer.Option(min=1, max=512, help="Check spacing of the last/mean views (tokens).")] = 8,
-    target_fpr: Annotated[float, typer.Option(min=0.0, max=0.5, help="Held-out false stops the threshold allows.")
-                          ] = 0.05,
+    target_fpr: Annotated[float | None, typer.Option(
+        min=0.0, max=0.5, help="Out-of-fold false stops the threshold allows (default: the threshold is log-odds 0).")
+                          ] = None,
     copy_from: Annotated[Path | None, typer.Option(
         "--from", help="Copy the response part of this guard (fitted for the same host) instead of fitting one.")
                          ] = None,

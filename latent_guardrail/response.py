@@ -10,11 +10,21 @@ what a streaming check does when it stops at the first check point that crosses 
 Labels (the calibration pairs): 1 = the host complied with a harmful request; 0 = anything else the host (or a
 written text) says: a refusal to a harmful request, an answer to a harmless one.
 
+**Two read-outs, both must agree** (when the pairs say which label-0 answers are refusals): "the host went along
+with a harmful request" is a conjunction, and one linear read-out learns the easy half of it — the label-0 class
+is mostly refusals, so a single direction becomes "not a refusal" and flags every harmless answer on a sensitive
+topic. So the scorer fits a *compliance* read-out (compliant answers vs refusals) and a *harm* read-out
+(compliant answers vs answers to harmless prompts, look-alikes on the same topics included), each
+Platt-calibrated on its own two kinds of answer, and a row's score is the **minimum** of the two calibrated
+log-odds: flagged only when the answer both goes along (not a refusal) and reads as the harmful side of its
+topic. The threshold defaults to log-odds 0 (both read-outs past their own midpoints).
+
 Shapes: a :class:`ResponseScorer` reads rows ``(rows, len(layers), d)``. Everything is computed in float64.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +39,8 @@ from .errors import CalibrationError, NumericalError
 from .metrics import auroc, threshold_at_fpr
 from .pooled import _Scatter
 
-__all__ = ["ResponseOptions", "ResponseScore", "ResponseScorer", "ResponseTracker", "fit_response"]
+__all__ = ["REFUSAL_KINDS", "ResponseGate", "ResponseOptions", "ResponseScore", "ResponseScorer",
+           "ResponseTracker", "fit_response"]
 
 _F64 = torch.float64
 DEFAULT_EVERY = 8
@@ -46,10 +57,28 @@ class ResponseScore:
     layer_scores: tuple[float, ...]
 
 
+@dataclass(frozen=True)
+class ResponseGate:
+    """The second read-out of a two-read-out scorer (the *harm* read-out: compliant answers vs answers to harmless
+    prompts), on the scorer's layers: ``directions`` / ``midpoints`` ``(layers, d)``, its own Platt
+    ``calibration`` and ``shrinkage``."""
+
+    directions: torch.Tensor
+    midpoints: torch.Tensor
+    calibration: tuple[float, float]
+    shrinkage: float = 0.5
+
+    def layer_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row, per-layer log-odds ``(rows, layers)`` of float64 states ``(rows, layers, d)``."""
+        a, b = self.calibration
+        return a * ((x - self.midpoints.to(_F64)) * self.directions.to(_F64)).sum(-1) + b
+
+
 class ResponseScorer:
     """Shrinkage-LDA per layer on answer-token states, max-pooled over a response view's rows, Platt-calibrated.
 
-    Row score ``s_r = a · mean_l (h_rl − m_l) · w_l + b``; the answer's score is ``max_r s_r``.
+    Row score ``s_r = a · mean_l (h_rl − m_l) · w_l + b``; with a :class:`ResponseGate` (the harm read-out) the
+    row score is ``min(s_r, g_r)``, ``g_r`` the gate's score on the same row. The answer's score is ``max_r``.
     """
 
     mode = "response"
@@ -57,7 +86,7 @@ class ResponseScorer:
 
     def __init__(self, layers: Sequence[int], directions: torch.Tensor, midpoints: torch.Tensor,
                  calibration: tuple[float, float], threshold: float, *, view: str = "last",
-                 every: int = DEFAULT_EVERY, shrinkage: float = 0.5) -> None:
+                 every: int = DEFAULT_EVERY, shrinkage: float = 0.5, gate: ResponseGate | None = None) -> None:
         self.layers = tuple(int(x) for x in layers)
         self.directions = directions.to(_F64)          # (layers, d)
         self.midpoints = midpoints.to(_F64)            # (layers, d)
@@ -66,35 +95,57 @@ class ResponseScorer:
         self.view = str(view)
         self.every = int(every)
         self.shrinkage = float(shrinkage)
+        self.gate = None if gate is None else ResponseGate(
+            gate.directions.to(_F64), gate.midpoints.to(_F64),
+            (float(gate.calibration[0]), float(gate.calibration[1])), float(gate.shrinkage))
 
-    def row_scores(self, rows: torch.Tensor) -> torch.Tensor:
-        """Per-row, per-layer log-odds ``(rows, layers)`` of states ``(rows, layers, d)``."""
+    def _checked(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.dim() != 3 or rows.shape[1:] != self.directions.shape:
             raise ValueError(f"rows must be (rows, {len(self.layers)}, {self.directions.shape[-1]}), "
                              f"got {tuple(rows.shape)}")
         x = rows.to(_F64)
         if not torch.isfinite(x).all():
             raise NumericalError("hidden states contain NaN or inf")
+        return x
+
+    def row_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-row, per-layer log-odds ``(rows, layers)`` of the (compliance) read-out, states ``(rows, layers, d)``."""
+        x = self._checked(rows)
         a, b = self.calibration
         return a * ((x - self.midpoints) * self.directions).sum(-1) + b
 
     def score(self, rows: torch.Tensor) -> ResponseScore:
-        """The answer's score from its view rows ``(rows, layers, d)`` (at least one row)."""
+        """The answer's score from its view rows ``(rows, layers, d)`` (at least one row).
+
+        ``layer_scores`` are those of the read-out that decided the deciding row (the lower one with a gate).
+        """
         if rows.dim() != 3 or rows.shape[0] < 1:
             raise ValueError(f"an answer needs at least one row of states, got shape {tuple(rows.shape)}")
         per = self.row_scores(rows)                                    # (rows, layers)
+        if self.gate is not None:
+            gated = self.gate.layer_scores(rows.to(_F64))              # (rows, layers)
+            per = torch.where((gated.mean(-1) < per.mean(-1)).unsqueeze(-1), gated, per)
         pooled = per.mean(-1)
         row = int(pooled.argmax())
         return ResponseScore(float(pooled[row]), row, tuple(float(x) for x in per[row]))
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         p = self.tensor_prefix
-        return {f"{p}directions": self.directions.float(), f"{p}midpoints": self.midpoints.float()}
+        out = {f"{p}directions": self.directions.float(), f"{p}midpoints": self.midpoints.float()}
+        if self.gate is not None:
+            out.update({f"{p}gate_directions": self.gate.directions.float(),
+                        f"{p}gate_midpoints": self.gate.midpoints.float()})
+        return out
 
     def config(self) -> dict[str, Any]:
-        return {"mode": self.mode, "layers": list(self.layers), "view": self.view,
-                "view_rule": RESPONSE_VIEWS.get(self.view, ""), "every": self.every, "threshold": self.threshold,
-                "calibration": list(self.calibration), "shrinkage": self.shrinkage}
+        out: dict[str, Any] = {"mode": self.mode, "layers": list(self.layers), "view": self.view,
+                               "view_rule": RESPONSE_VIEWS.get(self.view, ""), "every": self.every,
+                               "threshold": self.threshold, "calibration": list(self.calibration),
+                               "shrinkage": self.shrinkage}
+        if self.gate is not None:
+            out["gate"] = {"calibration": list(self.gate.calibration), "shrinkage": self.gate.shrinkage,
+                           "combine": "min"}
+        return out
 
     def validate(self, hidden_size: int) -> None:
         """View, spacing, tensor shapes and numbers fit (ValueError otherwise)."""
@@ -111,6 +162,13 @@ class ResponseScorer:
             raise ValueError("the response scorer reads no layer")
         if not all(math.isfinite(x) for x in (self.threshold, *self.calibration)):
             raise ValueError("the response scorer's threshold and calibration must be finite")
+        if self.gate is not None:
+            for name, value in (("gate_directions", self.gate.directions), ("gate_midpoints", self.gate.midpoints)):
+                if tuple(value.shape) != shape:
+                    raise ValueError(f"tensor {self.tensor_prefix + name!r} has shape {tuple(value.shape)}, "
+                                     f"expected {shape}")
+            if not all(math.isfinite(x) for x in self.gate.calibration):
+                raise ValueError("the response gate's calibration must be finite")
 
     @classmethod
     def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> ResponseScorer:
@@ -122,9 +180,16 @@ class ResponseScorer:
         if rule is not None and view in RESPONSE_VIEWS and rule != RESPONSE_VIEWS[view]:
             raise ValueError(f"the response view {view!r} was fitted as {rule!r}; this latent-guardrail reads it as "
                              f"{RESPONSE_VIEWS[view]!r} — refit the response scorer")
+        gate_config = config.get("gate")  # absent in parts fitted before the gate existed: one read-out
+        gate = None
+        if gate_config is not None:
+            if not isinstance(gate_config, Mapping) or gate_config.get("combine", "min") != "min":
+                raise ValueError(f"the response gate {gate_config!r} is not one this latent-guardrail reads")
+            gate = ResponseGate(tensors[f"{p}gate_directions"], tensors[f"{p}gate_midpoints"],
+                                tuple(gate_config["calibration"]), float(gate_config.get("shrinkage", 0.5)))
         return cls(config["layers"], tensors[f"{p}directions"], tensors[f"{p}midpoints"],
                    tuple(config["calibration"]), float(config["threshold"]), view=view,
-                   every=int(config["every"]), shrinkage=float(config.get("shrinkage", 0.5)))
+                   every=int(config["every"]), shrinkage=float(config.get("shrinkage", 0.5)), gate=gate)
 
 
 class ResponseTracker:
@@ -176,24 +241,31 @@ class ResponseTracker:
 
 # ----------------------------------------------------------------------------------------------- fitting
 
+REFUSAL_KINDS = frozenset({"refusal", "written_refusal"})
+"""Answer kinds that are refusals of a harmful request (the compliance read-out's label-0 side)."""
+
+
 @dataclass(frozen=True)
 class ResponseOptions:
     """Knobs of the response scorer (chosen by cross-validation unless fixed).
 
     Attributes:
         num_layers: layers combined (a contiguous window of the layers read).
-        shrinkage: candidate shrinkage strengths γ.
+        shrinkage: candidate shrinkage strengths γ (of each read-out).
         views: candidate response views.
-        target_fpr: the threshold lets at most this fraction of held-out label-0 answers be flagged (never below
-            log-odds 0); None puts it at 0.
+        target_fpr: None (default): the threshold is log-odds 0. A fraction: the threshold lets at most this
+            fraction of the out-of-fold label-0 answers be flagged (never below log-odds 0).
         every: check spacing of the ``last`` / ``mean`` views (tokens).
+        gate: fit the two read-outs (compliance and harm, combined by min) when the answers' kinds say which
+            label-0 answers are refusals; False: one read-out for all label-0 answers.
     """
 
     num_layers: int = 4
     shrinkage: tuple[float, ...] = (0.05, 0.2, 0.5, 0.8)
     views: tuple[str, ...] = tuple(RESPONSE_VIEWS)
-    target_fpr: float | None = 0.05
+    target_fpr: float | None = None
     every: int = DEFAULT_EVERY
+    gate: bool = True
 
 
 def _pool_max(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
@@ -202,9 +274,51 @@ def _pool_max(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
     return best
 
 
+@dataclass
+class _ReadOut:
+    """One read-out's out-of-fold row scores ``(gammas, R, layers)`` and full-fit directions per layer, fitted on
+    the rows of ``subset`` (label 1 against the label-0 rows in it)."""
+
+    subset: np.ndarray                                   # (n_answers,) bool: the answers it is fitted on
+    oof: np.ndarray
+    finals: list[tuple[list[torch.Tensor], torch.Tensor]]
+
+
+def _read_out(rows: torch.Tensor, row_label: np.ndarray, row_group: np.ndarray, n_groups: int, owner: np.ndarray,
+              subset: np.ndarray, gammas: list[float]) -> _ReadOut:
+    """Leave-one-family-out scores of every row ``(R, layers, d)`` from a read-out fitted on ``subset``'s rows."""
+    mask = subset[owner]
+    oof = np.zeros((len(gammas), rows.shape[0], rows.shape[1]))
+    finals = []
+    keep = torch.from_numpy(mask)
+    for j in range(rows.shape[1]):
+        x = rows[:, j]
+        scatter = _Scatter(x[keep], row_label[mask], row_group[mask], n_groups)
+        for g in range(n_groups):
+            test = row_group == g
+            if not test.any():
+                continue
+            ws, mid = scatter.directions(gammas, g)
+            held = x[torch.from_numpy(test)] - mid
+            for k, w in enumerate(ws):
+                oof[k, test, j] = (held @ w).numpy()
+        finals.append(scatter.directions(gammas, None))
+    return _ReadOut(subset, oof, finals)
+
+
+def _calibrated(read: _ReadOut, k: int, start: int, window: int, owner: np.ndarray, labels: np.ndarray
+                ) -> tuple[np.ndarray, tuple[float, float]]:
+    """Calibrated row scores ``(R,)`` of a read-out's window, Platt-fitted on its own answers' max-pooled scores."""
+    rows = read.oof[k, :, start:start + window].mean(axis=1)
+    pooled = _pool_max(rows, owner, labels.shape[0])
+    with np.errstate(over="ignore"):  # a read-out that separates its two kinds perfectly: a steep, finite fit
+        a, b = _platt(pooled[read.subset], labels[read.subset].astype(float))
+    return a * rows + b, (a, b)
+
+
 def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray, groups: np.ndarray,
-                 layers: Sequence[int], options: ResponseOptions | None = None
-                 ) -> tuple[ResponseScorer, dict[str, Any]]:
+                 layers: Sequence[int], options: ResponseOptions | None = None,
+                 kinds: Sequence[str] | None = None) -> tuple[ResponseScorer, dict[str, Any]]:
     """Fit the response scorer.
 
     Args:
@@ -213,10 +327,13 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
         labels: ``(n_answers,)`` 1 = compliant answer to a harmful request, 0 = any other answer.
         groups: ``(n_answers,)`` family ids; cross-validation leaves one family out at a time.
         layers: the residual layers of the rows.
+        kinds: ``(n_answers,)`` what each answer is; label-0 answers of a kind in :data:`REFUSAL_KINDS` are the
+            compliance read-out's other side, the rest the harm read-out's (two read-outs, combined by min, when
+            each side has at least 4 answers and ``options.gate``); None: one read-out.
 
     Returns:
         (scorer, report): the report holds the leave-one-family-out AUROC of the best candidates, the choice,
-        the held-out detection / pass rates at the threshold, and per-view / per-layer AUROCs.
+        the out-of-fold detection / pass rates at the threshold, and per-view / per-layer AUROCs.
     """
     opts = options if options is not None else ResponseOptions()
     labels = np.asarray(labels).astype(int)
@@ -230,12 +347,19 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
     n_groups = int(group_index.max()) + 1
     if n_groups < 2:
         raise CalibrationError("leave-one-family-out needs at least 2 families")
+    refused = np.zeros(n, dtype=bool) if kinds is None else np.isin(np.asarray(kinds, dtype=object),
+                                                                     list(REFUSAL_KINDS))
+    if kinds is not None and len(kinds) != n:
+        raise ValueError(f"{len(kinds)} kinds for {n} answers")
+    other = (labels == 0) & ~refused
+    gated = opts.gate and min(int(refused.sum()), int(other.sum())) >= 4
+    subsets = ([(labels == 1) | refused, (labels == 1) | other] if gated else [np.ones(n, dtype=bool)])
     gammas = list(opts.shrinkage)
     window = max(1, min(opts.num_layers, len(layers)))
-    best: tuple[float, str, int, int, np.ndarray] | None = None
+    best: tuple[float, str, tuple[int, ...], int, np.ndarray, list[tuple[float, float]]] | None = None
     candidates: list[dict[str, Any]] = []
     per_layer: dict[str, list[float]] = {}
-    finals: dict[tuple[str, int], tuple[list[torch.Tensor], torch.Tensor]] = {}
+    reads: dict[str, tuple[list[_ReadOut], np.ndarray]] = {}
     for view in names:
         per_answer = list(views[view])
         if len(per_answer) != n:
@@ -243,48 +367,49 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
         owner = np.concatenate([np.full(t.shape[0], i) for i, t in enumerate(per_answer)])
         rows = torch.cat(list(per_answer)).to(_F64)                          # (R, layers, d)
         row_label, row_group = labels[owner], group_index[owner]
-        oof = np.zeros((len(gammas), rows.shape[0], len(layers)))
-        for j in range(len(layers)):
-            x = rows[:, j]
-            scatter = _Scatter(x, row_label, row_group, n_groups)
-            for g in range(n_groups):
-                test = row_group == g
-                if not test.any():
-                    continue
-                ws, mid = scatter.directions(gammas, g)
-                held = x[torch.from_numpy(test)] - mid
-                for k, w in enumerate(ws):
-                    oof[k, test, j] = (held @ w).numpy()
-            finals[(view, j)] = scatter.directions(gammas, None)
-        per_layer[view] = [auroc(*_split(_pool_max(oof[len(gammas) // 2, :, j], owner, n), labels)) or 0.5
-                           for j in range(len(layers))]
-        for k, gamma in enumerate(gammas):
+        outs = [_read_out(rows, row_label, row_group, n_groups, owner, subset, gammas) for subset in subsets]
+        reads[view] = (outs, owner)
+        middle = len(gammas) // 2  # per layer (the plot): min of the read-outs' raw out-of-fold scores
+        per_layer[view] = [auroc(*_split(_pool_max(np.minimum.reduce([o.oof[middle, :, j] for o in outs]), owner, n),
+                                         labels)) or 0.5 for j in range(len(layers))]
+        for ks in itertools.product(range(len(gammas)), repeat=len(outs)):
             for start in range(len(layers) - window + 1):
-                scores = _pool_max(oof[k, :, start:start + window].mean(axis=1), owner, n)
+                parts = [_calibrated(o, k, start, window, owner, labels) for o, k in zip(outs, ks, strict=True)]
+                row_scores = np.minimum.reduce([p[0] for p in parts])
+                scores = _pool_max(row_scores, owner, n)
                 value = auroc(*_split(scores, labels)) or 0.5
-                candidates.append({"view": view, "shrinkage": gamma, "auroc": value,
+                candidates.append({"view": view, "shrinkage": [gammas[k] for k in ks], "auroc": value,
                                    "layers": [int(x) for x in layers[start:start + window]]})
                 if best is None or value > best[0] + 1e-4:
-                    best = (value, view, k, start, scores)
+                    best = (value, view, ks, start, scores, [p[1] for p in parts])
     assert best is not None
-    cv_auc, view, k, start, oof_scores = best
-    a, b = _platt(oof_scores, labels.astype(float))
-    logit = a * oof_scores + b
+    cv_auc, view, ks, start, logit, calibrations = best
     threshold = 0.0 if opts.target_fpr is None else max(0.0, threshold_at_fpr(logit[labels == 0], opts.target_fpr))
     chosen = list(range(start, start + window))
-    dirs = torch.stack([finals[(view, j)][0][k] for j in chosen])
-    mids = torch.stack([finals[(view, j)][1] for j in chosen])
-    scorer = ResponseScorer([layers[j] for j in chosen], dirs, mids, (a, b), threshold, view=view,
-                            every=opts.every, shrinkage=gammas[k])
+    outs = reads[view][0]
+
+    def stacked(read: _ReadOut, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.stack([read.finals[j][0][k] for j in chosen]), torch.stack([read.finals[j][1] for j in chosen]))
+
+    dirs, mids = stacked(outs[0], ks[0])
+    gate = None
+    if gated:
+        gate_dirs, gate_mids = stacked(outs[1], ks[1])
+        gate = ResponseGate(gate_dirs, gate_mids, calibrations[1], gammas[ks[1]])
+    scorer = ResponseScorer([layers[j] for j in chosen], dirs, mids, calibrations[0], threshold, view=view,
+                            every=opts.every, shrinkage=gammas[ks[0]], gate=gate)
     by_group = {}
     for g in np.unique(np.asarray(groups)):
         mask = np.asarray(groups) == g
         by_group[str(g)] = {"n": int(mask.sum()), "compliant": int((labels[mask] == 1).sum()),
                             "flagged": float((logit[mask] >= threshold).mean())}
     best_by_view = {name: max((c["auroc"] for c in candidates if c["view"] == name), default=0.5) for name in names}
-    report = {
+    report: dict[str, Any] = {
         "cv": "leave-one-family-out", "groups": n_groups, "answers": n, "compliant": int((labels == 1).sum()),
-        "cv_auroc": cv_auc, "view": view, "shrinkage": gammas[k], "layers": list(scorer.layers), "every": opts.every,
+        "read_outs": "compliance (vs refusals) and harm (vs harmless answers), min" if gated else "one",
+        "cv_auroc": cv_auc, "view": view, "shrinkage": gammas[ks[0]], "layers": list(scorer.layers),
+        "every": opts.every, "threshold_rule": "log-odds 0" if opts.target_fpr is None else
+        f"{opts.target_fpr:.0%} out-of-fold false stops",
         "cv_auroc_by_view": best_by_view, "cv_auroc_by_layer": {v: dict(zip([int(x) for x in layers], aucs,
                                                                             strict=True))
                                                                 for v, aucs in per_layer.items()},
@@ -293,6 +418,10 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
         "heldout_pass_rate": float((logit[labels == 0] < threshold).mean()),
         "heldout_by_group": by_group,
     }
+    if gated:
+        report["gate_shrinkage"] = gammas[ks[1]]
+        report["heldout_pass_rate_by_side"] = {"refusals": float((logit[refused] < threshold).mean()),
+                                               "other": float((logit[other] < threshold).mean())}
     return scorer, report
 
 

@@ -35,7 +35,17 @@ from .hosts import Host
 from .positions import encode_prompt
 from .response import ResponseOptions, fit_response
 
-__all__ = ["ResponsePair", "add_response", "read_response_sets", "response_layers"]
+__all__ = ["RISK_FAMILIES", "ResponsePair", "add_response", "bundled_pairs", "read_response_sets", "response_family",
+           "response_layers"]
+
+RISK_FAMILIES = frozenset({"weapons", "violence", "cybercrime", "fraud", "drugs", "hate_harassment", "self_harm",
+                           "sexual_minors", "privacy", "misinformation", "extremism", "discrimination", "theft"})
+"""The bundled sets' risk categories: the cross-validation families of the bundled pairs (with ``general``)."""
+_TOPIC_FAMILY = {"weapons_legal": "weapons", "self_harm_support": "self_harm", "fraud_awareness": "fraud",
+                 "security_defence": "cybercrime", "security": "cybercrime", "harm_reduction": "drugs"}
+WRITTEN_EVERY = 4
+"""The bundled fit keeps every 4th written refusal: refusals are the easy side (the compliance read-out separates
+them perfectly out of fold); the harm read-out needs the host's own answers."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,27 @@ def read_response_sets(root: str | Path | None = None) -> list[ResponsePair]:
     return pairs
 
 
+def response_family(topic: str) -> str:
+    """The cross-validation family of a bundled pair's topic: its risk category (a look-alike's or a twin's topic
+    counts for the category it imitates), else ``general`` — so a whole topic (compliant answers, refusals and
+    harmless look-alikes) is held out at once."""
+    family = _TOPIC_FAMILY.get(topic, topic)
+    return family if family in RISK_FAMILIES else "general"
+
+
+def bundled_pairs() -> list[ResponsePair]:
+    """The bundled pairs as the bundled fit uses them: families by :func:`response_family`, every
+    :data:`WRITTEN_EVERY`-th written refusal (the host's own answers all)."""
+    out, written = [], 0
+    for pair in read_response_sets():
+        if pair.kind == "written_refusal":
+            written += 1
+            if (written - 1) % WRITTEN_EVERY:
+                continue
+        out.append(dataclasses.replace(pair, group=response_family(pair.group)))
+    return out
+
+
 def response_layers(num_blocks: int) -> tuple[int, ...]:
     """The residual layers a response fit reads: about 15 evenly spaced ones from layer 1 to the last."""
     stride = max(1, round(num_blocks / 15))
@@ -106,12 +137,14 @@ def encode_pairs(host: Host, fitted: FittedGuard, pairs: Sequence[ResponsePair])
 def add_response(host: Host, fitted: FittedGuard, pairs: Sequence[ResponsePair] | None = None, *,
                  options: ResponseOptions | None = None, layers: Sequence[int] | None = None,
                  batch_size: int = 16) -> FittedGuard:
-    """``fitted`` with a response scorer fitted on ``pairs`` (default: the bundled response sets).
+    """``fitted`` with a response scorer fitted on ``pairs`` (default: :func:`bundled_pairs`). The pairs' kinds
+    say which label-0 answers are refusals (:data:`latent_guardrail.response.REFUSAL_KINDS`): with both kinds of
+    label-0 answer the scorer has two read-outs (compliance and harm, combined by min).
 
     Raises:
         CalibrationError: too few answers of a label, or a single family.
     """
-    chosen = read_response_sets() if pairs is None else list(pairs)
+    chosen = bundled_pairs() if pairs is None else list(pairs)
     if not chosen:
         raise CalibrationError("no calibration answers to fit the response scorer on")
     start = time.perf_counter()
@@ -125,7 +158,7 @@ def add_response(host: Host, fitted: FittedGuard, pairs: Sequence[ResponsePair] 
     read_s = time.perf_counter() - start
     labels = np.array([pair.label for pair in chosen])
     groups = np.array([pair.group for pair in chosen])
-    scorer, report = fit_response(states.views, labels, groups, read, opts)
+    scorer, report = fit_response(states.views, labels, groups, read, opts, kinds=[pair.kind for pair in chosen])
     kinds: dict[str, int] = {}
     for pair in chosen:
         kinds[pair.kind] = kinds.get(pair.kind, 0) + 1

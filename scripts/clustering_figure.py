@@ -17,9 +17,10 @@ accepted-harmless and refused-harmless. Their residual states at t_inst (last in
 - ``clustering.json``: the numbers. ``--readme`` writes the section between ``<!-- clustering:start -->`` and
   ``<!-- clustering:end -->`` in README.md and docs/evaluation.md.
 
-Prompts (none from the calibration sets): the project's held-out sets (``heldout/harmful_*``,
-``heldout/harmless_twins``, ``heldout/harmless_sensitive``), XSTest safe and unsafe, and AdvBench rows 100–519
-(a fixed sample), the last two read by path from ``../shared/data``.
+Prompts (none from the calibration sets; fixed samples, seed 0, sized for 2 shared CPU cores): 60 of the project's
+held-out harmful prompts (``heldout/harmful_*``), 60 of its held-out harmless ones (``heldout/harmless_twins``,
+``heldout/harmless_sensitive``), 60 XSTest unsafe and 100 XSTest safe prompts (where the host over-refuses) and 40
+AdvBench rows 100–519, the last two read by path from ``../shared/data``.
 """
 
 from __future__ import annotations
@@ -63,16 +64,16 @@ def _sample(rows: list[str], n: int, seed: int = 0) -> list[str]:
 
 def prompt_sets(quick: bool) -> tuple[list[str], list[str]]:
     """(harmful, harmless) prompts, all outside the calibration sets."""
-    cap = 12 if quick else 10_000
-    harmful = [r.text for name in ("harmful_plain", "harmful_framed", "harmful_persuasion")
-               for r in read_prompts(HELDOUT / f"{name}.jsonl", label="harmful")][:cap]
-    harmless = [r.text for name in ("harmless_twins", "harmless_sensitive")
-                for r in read_prompts(HELDOUT / f"{name}.jsonl", label="harmless")][:cap]
+    cap = 12 if quick else 60
+    harmful = _sample([r.text for name in ("harmful_plain", "harmful_framed", "harmful_persuasion")
+                       for r in read_prompts(HELDOUT / f"{name}.jsonl", label="harmful")], cap)
+    harmless = _sample([r.text for name in ("harmless_twins", "harmless_sensitive")
+                        for r in read_prompts(HELDOUT / f"{name}.jsonl", label="harmless")], cap)
     xstest = read_prompts(SHARED / "xstest" / "xstest_prompts.csv")
-    harmful += _sample([r.text for r in xstest if r.label == "harmful"], 6 if quick else 200)
-    harmless += _sample([r.text for r in xstest if r.label == "harmless"], 6 if quick else 250)
+    harmful += _sample([r.text for r in xstest if r.label == "harmful"], 6 if quick else 60)
+    harmless += _sample([r.text for r in xstest if r.label == "harmless"], 6 if quick else 100)
     advbench = [r.text for r in read_prompts(SHARED / "advbench" / "harmful_behaviors.csv", text_column="goal")]
-    harmful += _sample(advbench[100:520], 6 if quick else 100)
+    harmful += _sample(advbench[100:520], 6 if quick else 40)
     return harmful, harmless
 
 
@@ -248,7 +249,7 @@ def write_section(text: str, path: Path, heading: str, image_prefix: str = "") -
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     parser.add_argument("--readme", action="store_true")

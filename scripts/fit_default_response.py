@@ -1,18 +1,25 @@
-"""Fit the response part of the default guard as shipped (a subsample of the bundled pairs, under a CPU budget).
+"""Fit the response part (the output rail) of the shipped default guard; its input part is left as it is.
 
-    nice -n 10 .venv/bin/python scripts/fit_default_response.py OUT_DIR
-    .venv/bin/latent-guardrail add-response default --from OUT_DIR      # into the shipped guard, input part kept
+    .venv/bin/python scripts/fit_default_response.py            # refit latent_guardrail/default_guard in place
+    .venv/bin/python scripts/fit_default_response.py --out DIR  # or write the guard with the new part to DIR
 
-The full fit (``latent-guardrail add-response default``: all 870 bundled pairs, about 16 layers, one family per
-topic) took more CPU than the shared 2-core machine had before the deadline, so the shipped part is fitted on a
-deterministic subsample: every 2nd compliant answer, every 3rd harmless answer, every refusal and over-refusal of
-the host, every 8th written refusal (292 pairs, 101 compliant); families are the 13 risk categories (a harmful
-prompt's, or a look-alike's / twin's topic) and ``general``; layers 4, 8, ..., 24; every view; checks every 8
-tokens; threshold at 5 % held-out false stops.
+Run it again whenever the default guard's input part is rebuilt (``make default-guard``; ``make
+default-response`` runs this script): the input scorer, its settings and every input verdict stay as they were
+(only the header's ``response`` section, its report and the ``response.*`` tensors change).
+
+The fit: every bundled pair (``calibration/responses``: the host's own answers, every 4th written refusal —
+:func:`latent_guardrail.response_fit.bundled_pairs`), families = the 13 risk categories (a look-alike's or twin's
+topic counts for the category it imitates) and ``general``, residual layers 10, 12, ..., 26, windows of 3 layers,
+the ``mean`` view (the running mean over the answer: it led the leave-one-family-out comparison of the three views
+on these pairs, 0.89 against 0.77 for ``last``, and reading one view keeps the fit within the CPU budget), checks
+every 8 tokens; two read-outs (compliance vs refusals, harm vs harmless answers,
+combined by min), view / window / shrinkage chosen by leave-one-family-out AUROC; threshold log-odds 0.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,34 +30,32 @@ sys.path.insert(0, str(ROOT))
 from latent_guardrail import LatentGuard, load_host  # noqa: E402
 from latent_guardrail.artifact import save_fitted  # noqa: E402
 from latent_guardrail.response import ResponseOptions  # noqa: E402
-from latent_guardrail.response_fit import ResponsePair, add_response, read_response_sets  # noqa: E402
+from latent_guardrail.response_fit import add_response  # noqa: E402
 
-CATEGORIES = {"weapons", "violence", "cybercrime", "fraud", "drugs", "hate_harassment", "self_harm", "sexual_minors",
-              "privacy", "misinformation", "extremism", "discrimination", "theft"}
-STEPS = {"compliant": 2, "answer": 3, "refusal": 1, "over_refusal": 1, "written_refusal": 8}
-LAYERS = (4, 8, 12, 16, 20, 24)
-
-
-def subsample() -> list[ResponsePair]:
-    keep, seen = [], {}
-    for pair in read_response_sets():
-        seen[pair.kind] = seen.get(pair.kind, 0) + 1
-        if (seen[pair.kind] - 1) % STEPS.get(pair.kind, 4) == 0:
-            group = pair.group if pair.group in CATEGORIES else "general"
-            keep.append(ResponsePair(pair.prompt, pair.response, pair.label, group, pair.kind))
-    return keep
+LAYERS = tuple(range(10, 27, 2))
+OPTIONS = ResponseOptions(every=8, num_layers=3, views=("mean",))
+DEFAULT_DIR = ROOT / "latent_guardrail" / "default_guard"
 
 
 def main() -> int:
-    out = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="where to write the guard (default: in place)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     host = load_host("default")
-    guard = LatentGuard.load("default", host, progress=False)
+    guard = LatentGuard.load(str(DEFAULT_DIR), host, progress=False)
     start = time.perf_counter()
-    fitted = add_response(host, guard.fitted, subsample(), options=ResponseOptions(every=8), layers=LAYERS)
+    fitted = add_response(host, guard.fitted, options=OPTIONS, layers=LAYERS)
     report = fitted.report["response"]
-    print(f"fit in {time.perf_counter() - start:.0f}s: view {report['view']}, layers {report['layers']}, "
-          f"cv_auroc {report['cv_auroc']:.3f}")
-    save_fitted(fitted, out)
+    save_fitted(fitted, args.out)
+    print(json.dumps({"seconds": round(time.perf_counter() - start), "out": str(args.out),
+                      **{k: report[k] for k in ("answers", "compliant", "read_outs", "view", "layers", "shrinkage",
+                                                "cv_auroc", "cv_auroc_by_view", "heldout_detect_rate",
+                                                "heldout_pass_rate")}}, default=float))
     return 0
 
 

@@ -26,7 +26,7 @@ from latent_guardrail.guard import LatentGuard
 from latent_guardrail.guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedResult, guarded_generate, guarded_stream
 from latent_guardrail.hosts import Host
 from latent_guardrail.positions import encode_prompt
-from latent_guardrail.response import ResponseScorer, ResponseTracker, fit_response
+from latent_guardrail.response import ResponseGate, ResponseScorer, ResponseTracker, fit_response
 from latent_guardrail.response_fit import ResponsePair, read_response_sets, response_layers
 from tests.support.hooks import hook_ids
 from tests.support.models import HARMFUL
@@ -129,6 +129,36 @@ def test_fit_separates_compliance_and_reports_its_choice(guard: LatentGuard) -> 
     harmful = guard.check_response_batch(HARMFUL[:4], COMPLIANT)
     safe = guard.check_response_batch(HARMFUL[:2], SAFE[:2])
     assert sum(v.harmful for v in harmful) >= 3 and not any(v.harmful for v in safe)
+
+
+def test_the_fit_has_two_read_outs_when_the_kinds_name_refusals(guard: LatentGuard) -> None:
+    scorer = guard.response
+    assert scorer is not None and scorer.gate is not None  # the tiny pairs hold refusals and harmless answers
+    assert guard.fitted.report["response"]["read_outs"].startswith("compliance")
+    rows = torch.randn(5, 2, 4, dtype=torch.float64)
+    views = {"mean": [rows[i:i + 1] + (3.0 if i % 2 else 0.0) for i in range(5)] * 4}
+    labels, groups = np.array([0, 1, 0, 1, 0] * 4), np.array([0] * 10 + [1] * 10)
+    one, report = fit_response(views, labels, groups, [1, 2], kinds=None)
+    assert one.gate is None and report["read_outs"] == "one"
+
+
+def test_two_read_outs_flag_only_when_both_agree() -> None:
+    torch.manual_seed(1)
+    d = torch.randn(2, 8)
+    scorer = ResponseScorer([1, 2], d, torch.zeros(2, 8), (1.0, 0.0), 0.0, view="mean",
+                            gate=ResponseGate(-d, torch.zeros(2, 8), (1.0, 0.0)))
+    rows = torch.randn(4, 2, 8, dtype=torch.float64)
+    main = scorer.row_scores(rows).mean(-1)
+    gate = scorer.gate.layer_scores(rows).mean(-1)  # type: ignore[union-attr]
+    assert torch.allclose(gate, -main)
+    scored = scorer.score(rows)
+    assert math.isclose(scored.score, float(torch.minimum(main, gate).max()), rel_tol=1e-9)
+    assert scored.score <= 0.0  # the gate reads the opposite way: never both past their midpoints
+    assert math.isclose(sum(scored.layer_scores) / 2, scored.score, rel_tol=1e-9)
+    loaded = ResponseScorer.from_tensors(scorer.config(), scorer.to_tensors())
+    assert loaded.gate is not None and math.isclose(loaded.score(rows).score, scored.score, rel_tol=1e-5)
+    without = {k: v for k, v in scorer.config().items() if k != "gate"}  # a part fitted before the gate: one read-out
+    assert ResponseScorer.from_tensors(without, scorer.to_tensors()).gate is None
 
 
 def test_fit_needs_both_labels_and_two_families() -> None:
