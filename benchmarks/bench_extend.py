@@ -108,8 +108,8 @@ def main() -> None:
     record = extended.fitted.report["extension"]
     results["warm_states_s"] = record["seconds"]["states"]
     results["warm_fit_s"] = record["seconds"]["fit"]
-    items = extended.fitted.report["items"]
-    results["items"] = items["plain"] + items["wrapped"]
+    counts = extended.fitted.report["items"]
+    results["items"] = counts["plain"] + counts["wrapped"]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out if args.out is not None else Path(tmp) / "legal-guard"
         _forget(cache, state_keys(guard.fitted, items), set(state_keys(guard.fitted, new)))   # read them again
