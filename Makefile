@@ -46,7 +46,7 @@ integration: model
 	$(PY) -m pytest -q tests/integration
 
 test: model lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: model
 	$(PY) benchmarks/bench_all.py --json docs/results/bench.json
