@@ -129,19 +129,38 @@ def _batch(rows: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor
     return input_ids, mask, labels, keep
 
 
+def _adapter(base: Host, *, lr: float, rank: int, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A fresh LoRA-wrapped copy of the base model (``peft.PeftModel``, seeded) and its AdamW optimiser."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(copy.deepcopy(base.model), LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS)))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    return model, optimizer
+
+
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: list[tuple[list[int], int]],
+          pad_id: int) -> float:
+    """One optimiser step on a batch of examples (cross-entropy on the answer tokens only); the batch's loss."""
+    input_ids, mask, labels, keep = _batch(rows, pad_id)
+    logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                             labels.reshape(-1), ignore_index=-100)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def finetune(base: Host, pairs: list[tuple[str, str]], *, epochs: int, lr: float, batch_size: int, rank: int,
              max_prompt_tokens: int, seed: int) -> tuple[Host, float, float]:
     """A LoRA-adapted copy of ``base`` trained on ``pairs``: (host, training seconds, last epoch's mean loss).
 
     The host's model is the unmerged ``peft.PeftModel`` (the guard reads its decoder blocks through the wrapper).
     """
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(base.model), LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS)))
+    model, optimizer = _adapter(base, lr=lr, rank=rank, seed=seed)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     pad_id = int(base.tokenizer.pad_token_id)
     examples = [_example(base, prompt, answer, max_prompt_tokens) for prompt, answer in pairs]
     order = list(range(len(examples)))
@@ -152,14 +171,7 @@ def finetune(base: Host, pairs: list[tuple[str, str]], *, epochs: int, lr: float
         rng.shuffle(order)
         losses = []
         for start in range(0, len(order), batch_size):
-            input_ids, mask, labels, keep = _batch([examples[i] for i in order[start:start + batch_size]], pad_id)
-            logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                     labels.reshape(-1), ignore_index=-100)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(_step(model, optimizer, [examples[i] for i in order[start:start + batch_size]], pad_id))
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -177,13 +189,7 @@ def train_nested(base: Host, pairs: list[tuple[str, str]], sizes: Sequence[int],
     a single pass over the first n pairs trains (the sets are nested), so all sizes cost one pass over the largest.
     The yielded host wraps the live ``peft.PeftModel`` (unmerged): use it before asking for the next size.
     """
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(base.model), LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS)))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    model, optimizer = _adapter(base, lr=lr, rank=rank, seed=seed)
     pad_id = int(base.tokenizer.pad_token_id)
     seconds, done = 0.0, 0
     for size in sorted(sizes):
@@ -193,14 +199,7 @@ def train_nested(base: Host, pairs: list[tuple[str, str]], sizes: Sequence[int],
         for start in range(done, size, batch_size):
             rows = [_example(base, prompt, answer, max_prompt_tokens)
                     for prompt, answer in pairs[start:min(start + batch_size, size)]]
-            input_ids, mask, labels, keep = _batch(rows, pad_id)
-            logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                     labels.reshape(-1), ignore_index=-100)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(_step(model, optimizer, rows, pad_id))
             print(f"  pairs {start + len(rows)}/{size}: loss {losses[-1]:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
         done = size
