@@ -38,13 +38,13 @@ import torch
 from .augment import CalibrationItem, build_items
 from .centroids import _platt
 from .datasets import PromptRecord
-from .errors import CalibrationError, InputError, NumericalError
+from .errors import CalibrationError, InputError
 from .fitted import FittedGuard
 from .hosts import Host
 from .layers import decoder_blocks
 from .metrics import auroc, threshold_at_fpr
 from .normalize import normalize_for
-from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores, item_rows
+from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores, item_rows, shrinkage_lda
 from .positions import Prompt, PromptEncoding, encode_batch
 from .scorers import scorer_from_artifact
 from .settings import CalibrationSettings, GuardSettings
@@ -233,40 +233,6 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _lda(count: np.ndarray, sums: torch.Tensor, scatter: torch.Tensor, gammas: Sequence[float]
-         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shrinkage-LDA directions ``(len(gammas), d)`` and the midpoint ``(d,)`` of two classes given by their counts
-    ``(2,)``, sums ``(2, d)`` and raw scatter ``Σ x xᵀ`` over both classes ``(d, d)`` (float64; overwritten).
-
-    The directions of :class:`latent_guardrail.pooled._Scatter` — the within-class covariance shrunk towards
-    ``s·I`` (``s`` its mean eigenvalue, the trace over ``d``), scaled to unit within-class spread — found by one
-    batched Cholesky solve over the shrinkages instead of an eigendecomposition: the same numbers to rounding,
-    several times faster on the many left-out groups of a cross-validation.
-    """
-    if min(count) < 2:
-        raise CalibrationError("a cross-validation fold leaves fewer than 2 examples of a class")
-    means = sums / torch.from_numpy(count).unsqueeze(-1)
-    within = scatter.addr_(means[0], means[0], alpha=-float(count[0])).addr_(means[1], means[1],
-                                                                            alpha=-float(count[1]))
-    n = float(count.sum())
-    d = within.shape[0]
-    scale = max(float(torch.diagonal(within).sum()) / max(n - 2, 1) / d, 1e-300)
-    g = torch.tensor(list(gammas), dtype=_F64)
-    shrunk = within.unsqueeze(0) * ((1.0 - g) / max(n - 2, 1)).view(-1, 1, 1)           # (k, d, d)
-    shrunk.diagonal(dim1=1, dim2=2).add_((g * scale).unsqueeze(-1))
-    diff = means[1] - means[0]
-    factor, info = torch.linalg.cholesky_ex(shrunk)                 # reads the lower triangle
-    half = torch.linalg.solve_triangular(factor, diff.expand(len(g), d).unsqueeze(-1), upper=False)
-    w = torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1)            # (k, d)
-    for k in torch.nonzero(info).flatten().tolist():   # not positive definite (γ = 0 on too few rows)
-        sym = (shrunk[k] + shrunk[k].T) / 2
-        w[k] = torch.linalg.lstsq(sym, diff.unsqueeze(-1)).solution.squeeze(-1)
-    spread = torch.sqrt(torch.clamp(((w @ within) * w).sum(-1) / max(n - 1, 1), min=0.0))     # (k,)
-    if not bool(torch.isfinite(spread).all()) or bool((spread <= 0).any()):
-        raise NumericalError("degenerate calibration states: zero spread along the discriminant")
-    return w / spread.unsqueeze(-1), (means[0] + means[1]) / 2.0
-
-
 @dataclass(frozen=True)
 class _FoldSums:
     """One class's rows split into parts (groups or folds): counts ``(P,)``, sums ``(P, L, d)`` and raw scatter
@@ -373,10 +339,10 @@ def _fit_window(x: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np
             lo, hi = int(bounds[3 * g]), int(bounds[3 * g + 3])
             if hi == lo:
                 continue
-            w, mid = _lda(total_count - count[g], total_sums - sums[g], total_scatter - scatter[g], gammas)
+            w, mid = shrinkage_lda(total_count - count[g], total_sums - sums[g], total_scatter - scatter[g], gammas)
             z = xs[lo:hi] @ w.T - mid @ w.T                          # (rows, k)
             oof[:, order[lo:hi], j] = z.T.numpy()
-        finals.append(_lda(total_count, total_sums.clone(), total_scatter.clone(), gammas))
+        finals.append(shrinkage_lda(total_count, total_sums.clone(), total_scatter.clone(), gammas))
         if j == 0:
             np.add.at(negative.count, group_fold, count[:, 0])
     best: tuple[float, int, str, np.ndarray] | None = None
@@ -525,7 +491,7 @@ def _category_directions(negative: _FoldSums, positive: _FoldSums, gamma: float,
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Directions and midpoints ``(L, d)`` of the positive rows (class 1) against the negative rows (class 0),
     leaving fold ``without`` out of both (None: none)."""
-    pairs = [_lda(*_two(negative.without(without, j), positive.without(without, j)), [gamma])
+    pairs = [shrinkage_lda(*_two(negative.without(without, j), positive.without(without, j)), [gamma])
              for j in range(negative.sums.shape[1])]
     return torch.stack([w[0] for w, _ in pairs]), torch.stack([m for _, m in pairs])
 

@@ -75,19 +75,27 @@ class ThresholdPolicy:
 
 @dataclass(frozen=True)
 class CategoryPolicy:
-    """Per-category decisions on top of the overall threshold.
+    """Per-category decisions on top of the overall threshold: **one category decides**, the prompt's own.
 
-    A category *applies* when its score reaches its threshold (``thresholds[name]``, else the overall one).
-    Categories not named in ``actions`` block.
+    A category *applies* when its score reaches its threshold (``thresholds[name]``, else the overall one);
+    its *margin* is score minus that threshold. Categories not named in ``actions`` block.
 
-    - Overall score ≥ threshold: when no category applies, the prompt is harmful (``decided_by="threshold"``,
-      the top category reported, as :class:`ThresholdPolicy`); when a blocking category applies, harmful
-      (``"category:<name>"``, the top blocking one); when only allowed or monitored categories apply, **not**
-      harmful (``"category_allow:<name>"`` / ``"category_monitor:<name>"``, the top one) — allowing a category
-      lets through what the overall score flags *because of* that category.
-    - Overall score < threshold: harmful only when a blocking category **with a threshold of its own** applies
-      (``"category_threshold:<name>"``); else not harmful (``"threshold"``).
+    - The *candidates*: with the overall score ≥ threshold, every category that applies; below it, only those
+      with a threshold of their own (a category without one applies at the overall threshold, which the prompt
+      did not reach).
+    - No candidate: the overall score decides (``decided_by="threshold"``; when harmful the top-scoring
+      category is reported, as :class:`ThresholdPolicy`).
+    - Else the candidate with the largest margin is the prompt's category and its action decides: ``block`` →
+      harmful (``"category:<name>"`` at or above the overall threshold, ``"category_threshold:<name>"`` below);
+      ``allow`` / ``monitor`` → not harmful (``"category_allow:<name>"`` / ``"category_monitor:<name>"`` at or
+      above; below, the overall score's ``"threshold"``).
     - Monitored categories that apply are always reported (``Decision.monitored``), whatever decided.
+
+    Why one category and not "any blocking category that applies": the bundled categories' scores share most
+    of their direction (each is fitted against harmless rows), so a harmful drug request also reaches the
+    weapons threshold, and "allow drugs" would never let one through. The prompt's category is what the
+    verdict reports; the policy acts on it, as an operator reads the verdict. A request that mixes two
+    hazards is judged by the stronger one.
 
     With no actions and no thresholds the decisions are those of :class:`ThresholdPolicy`.
     """
@@ -97,20 +105,20 @@ class CategoryPolicy:
 
     def decide(self, scores: Scores) -> Decision:
         cats = scores.category_scores
-        applies = sorted((name for name, value in cats.items()
-                          if value >= self.thresholds.get(name, scores.threshold)), key=lambda k: -cats[k])
+        margin = {name: value - self.thresholds.get(name, scores.threshold) for name, value in cats.items()}
+        applies = sorted((name for name in cats if margin[name] >= 0), key=lambda k: -margin[k])
         monitored = tuple(name for name in applies if self.actions.get(name) == "monitor")
-        blocking = [name for name in applies if self.actions.get(name, "block") == "block"]
-        if scores.score >= scores.threshold:
-            if not applies:
-                top = max(cats, key=lambda k: cats[k]) if cats else None
-                return Decision(True, "threshold", top, monitored)
-            if blocking:
-                return Decision(True, f"category:{blocking[0]}", blocking[0], monitored)
-            return Decision(False, f"category_{self.actions[applies[0]]}:{applies[0]}", applies[0], monitored)
-        own = [name for name in blocking if name in self.thresholds]
-        if own:
-            return Decision(True, f"category_threshold:{own[0]}", own[0], monitored)
+        above = scores.score >= scores.threshold
+        candidates = applies if above else [name for name in applies if name in self.thresholds]
+        if not candidates:
+            top = max(cats, key=lambda k: cats[k]) if above and cats else None
+            return Decision(above, "threshold", top, monitored)
+        name = candidates[0]
+        action = self.actions.get(name, "block")
+        if action == "block":
+            return Decision(True, f"category:{name}" if above else f"category_threshold:{name}", name, monitored)
+        if above:
+            return Decision(False, f"category_{action}:{name}", name, monitored)
         return Decision(False, "threshold", None, monitored)
 
 

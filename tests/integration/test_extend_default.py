@@ -104,8 +104,6 @@ def test_the_topical_nemo_config_answers_legal_questions_with_its_own_refusal(le
     assert benign.strip() and not benign.startswith("I can't give legal advice.")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: every category's score is fitted against harmless rows only, so on a "
-                   "harmful drug request other categories (weapons) reach the threshold too and block it")
 def test_a_drug_policy_of_allow_passes_drug_questions_and_still_blocks_weapons(
         default_host: Host, default_guard: LatentGuard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nemoguardrails import LLMRails, RailsConfig

@@ -33,14 +33,26 @@ def test_no_actions_and_no_thresholds_decide_as_the_threshold_policy(score: floa
 
 @pytest.mark.parametrize(("actions", "expected"), [
     ({}, (True, "category:weapons", "weapons", ())),
-    ({"weapons": "allow"}, (True, "category:drugs", "drugs", ())),                 # drugs still blocks
+    ({"weapons": "allow"}, (False, "category_allow:weapons", "weapons", ())),      # the top category decides
+    ({"drugs": "allow"}, (True, "category:weapons", "weapons", ())),               # drugs is not the top one
     ({"weapons": "allow", "drugs": "allow"}, (False, "category_allow:weapons", "weapons", ())),
     ({"weapons": "monitor", "drugs": "allow"}, (False, "category_monitor:weapons", "weapons", ("weapons",))),
-    ({"weapons": "monitor"}, (True, "category:drugs", "drugs", ("weapons",))),     # monitored, reported anyway
+    ({"drugs": "monitor"}, (True, "category:weapons", "weapons", ("drugs",))),     # monitored, reported anyway
     ({"fraud": "allow"}, (True, "category:weapons", "weapons", ())),               # fraud does not apply
 ])
 def test_overall_score_above_threshold(actions: dict[str, str], expected: tuple) -> None:  # type: ignore[type-arg]
     assert decide(2.0, actions=actions) == expected
+
+
+def test_the_decider_is_the_category_furthest_above_its_own_threshold() -> None:
+    # drugs 0.5 over its own -1.0 (margin 1.5) beats weapons 1.0 over the overall 0.0 (margin 1.0)
+    assert decide(2.0, thresholds={"drugs": -1.0}) == (True, "category:drugs", "drugs", ())
+    assert decide(2.0, thresholds={"drugs": -1.0}, actions={"drugs": "allow"}) == (
+        False, "category_allow:drugs", "drugs", ())
+    assert decide(2.0, thresholds={"drugs": -1.0}, actions={"weapons": "allow"}) == (
+        True, "category:drugs", "drugs", ())
+    # below the overall threshold only categories with a threshold of their own are candidates
+    assert decide(-1.0, thresholds={"drugs": 0.0}, actions={"drugs": "allow"}) == (False, "threshold", None, ())
 
 
 def test_no_category_applies_the_overall_score_decides() -> None:

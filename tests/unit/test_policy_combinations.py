@@ -16,23 +16,28 @@ ACTIONS = ("block", "allow", "monitor", None)          # None: not named (blocks
 
 def reference(score: float, cats: dict[str, float], actions: dict[str, str], own: dict[str, float]
               ) -> tuple[bool, str, str | None, tuple[str, ...]]:
-    """README: a category applies when its score reaches its threshold (its own, else the overall one). Overall
-    score at or above the threshold: blocked unless every category that applies is allowed or monitored (then
-    passes, naming the top one); with none applying the overall score decides ("threshold", top category named);
-    a blocking one reports itself. Below: only a blocking category with a threshold of its own blocks. Monitored
-    categories that apply are always listed."""
-    applies = sorted((c for c in cats if cats[c] >= own.get(c, T)), key=lambda c: -cats[c])
-    monitored = tuple(c for c in applies if actions.get(c) == "monitor")
-    blocking = [c for c in applies if actions.get(c, "block") == "block"]
+    """README: a category applies when its score reaches its threshold (its own, else the overall one); one
+    category decides, the one furthest above its threshold among the candidates — every category that applies
+    when the overall score reaches the threshold, only those with a threshold of their own below it. No
+    candidate: the overall score decides ("threshold", the top-scoring category named when blocked). A blocking
+    decider blocks ("category:" at or above, "category_threshold:" below); an allowed or monitored one passes
+    ("category_allow:" / "category_monitor:" at or above; "threshold" below). Monitored categories that apply are
+    always listed."""
+    def over(c: str) -> float:
+        return cats[c] - own.get(c, T)
+
+    applying = [c for c in cats if over(c) >= 0]
+    monitored = tuple(sorted((c for c in applying if actions.get(c) == "monitor"), key=lambda c: -over(c)))
+    pool = applying if score >= T else [c for c in applying if c in own]
+    if not pool:
+        blocked = score >= T
+        return blocked, "threshold", (max(cats, key=lambda c: cats[c]) if blocked and cats else None), monitored
+    decider = max(pool, key=over)
+    act = actions.get(decider, "block")
+    if act == "block":
+        return True, ("category:" if score >= T else "category_threshold:") + decider, decider, monitored
     if score >= T:
-        if not applies:
-            return True, "threshold", (max(cats, key=lambda c: cats[c]) if cats else None), monitored
-        if blocking:
-            return True, f"category:{blocking[0]}", blocking[0], monitored
-        return False, f"category_{actions[applies[0]]}:{applies[0]}", applies[0], monitored
-    own_blocking = [c for c in blocking if c in own]
-    if own_blocking:
-        return True, f"category_threshold:{own_blocking[0]}", own_blocking[0], monitored
+        return False, f"category_{act}:{decider}", decider, monitored
     return False, "threshold", None, monitored
 
 
