@@ -235,7 +235,7 @@ def section(result: dict[str, Any]) -> str:
         "![cluster separation per layer](docs/results/clustering_layers.png)", "", END])
 
 
-def write_section(text: str, path: Path, heading: str, image_prefix: str = "") -> None:
+def write_section(text: str, path: Path, heading: str, image_prefix: str = "docs/results/") -> None:
     content = path.read_text(encoding="utf-8")
     text = text.replace("](docs/results/", f"]({image_prefix}")
     if START in content and END in content:

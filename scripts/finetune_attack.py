@@ -325,7 +325,7 @@ def section(result: dict[str, Any]) -> str:
                      f"{_pct(d['harmless_flagged'])} | {_pct(p['flagged'])} | "
                      f"{p['mean_score']:+.4f} ({p['mean_delta']:+.4f}, {100 * p['delta_of_gap']:+.1f}%) | "
                      f"{_pct(p['harmless_flagged'])} |")
-    train = sum(row["train_seconds"] for row in result["rows"])
+    train = max(row["train_seconds"] for row in result["rows"])      # cumulative: the nested run's total
     lines += ["", f"Runtime: {result['seconds'] / 60:.1f} min in all ({train / 60:.1f} min of training) on "
                   f"{result['threads']} CPU threads{' (quick run)' if result['quick'] else ''}.", "",
               "![fine-tuning attack](docs/results/finetune_attack.png)", "", END]
