@@ -105,10 +105,19 @@ def test_cli_calibrate_and_check(shared_data, tmp_path):
     assert bad.exit_code == 2 and "goal" in bad.output
 
 
-def test_any_gguf_file_loads_as_a_host(default_host):
-    from latent_guardrail.hosts import load_host
+def test_any_gguf_file_loads_as_a_host(default_host, tmp_path):
+    import shutil
 
-    host = load_host(str(default_gguf_path()))       # a .gguf path, de-quantized by transformers
-    assert host.num_blocks == default_host.num_blocks
+    import torch
+
+    from latent_guardrail.hosts import gguf_model_dir, load_host
+
+    copy = tmp_path / "renamed.gguf"                 # a .gguf path elsewhere: found by content, not converted again
+    shutil.copyfile(default_gguf_path(), copy)
+    assert gguf_model_dir(copy) == default_model_dir()
+    host = load_host(str(copy))
+    assert host.num_blocks == default_host.num_blocks and host.model.dtype == torch.float32
     enc = encode_prompt(host.tokenizer, "Hello there")
     assert enc.input_ids == encode_prompt(default_host.tokenizer, "Hello there").input_ids
+    ours, theirs = dict(host.model.named_parameters()), dict(default_host.model.named_parameters())
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

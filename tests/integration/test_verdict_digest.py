@@ -2,8 +2,8 @@
 stored digest (``tests/fixtures/verdict_digest.json``, made by ``scripts/verdict_digest.py --write`` before a
 behaviour-preserving change; rewritten only when a change is meant to move verdicts — last when the default
 guard became the pooled one, issue 13, and again when it was refitted with the task sets, the closing family
-and colon-before-line-break clause ends, and for the quoted-value and joined-turn readings, now over every 6th
-prompt to halve the test's time; the issue-12 refactor was checked on the full sets: 2620d842…)."""
+and colon-before-line-break clause ends, and for the quoted-value and joined-turn readings, now over every 12th
+prompt to keep the suite in its time budget; the issue-12 refactor was checked on the full sets: 2620d842…)."""
 
 from __future__ import annotations
 
