@@ -581,9 +581,8 @@ class LatentGuard:
         scorer = self.fitted.response
         threshold = self.settings.response_threshold if self.settings.response_threshold is not None else (
             scorer.threshold if scorer is not None else 0.0)
-        verdict = failure_verdict(exc, self.settings.on_error, mode="response", threshold=float(threshold),
-                                  fingerprint=self.fingerprint)
-        return verdict.model_copy(update={"target": "response", "weight_drift": self.weight_drift})
+        return failure_verdict(exc, self.settings.on_error, mode="response", threshold=float(threshold),
+                               fingerprint=self.fingerprint, weight_drift=self.weight_drift, target="response")
 
     # ------------------------------------------------------------------ async
     def _worker(self) -> ThreadPoolExecutor:
@@ -624,17 +623,16 @@ class LatentGuard:
         ``non_finite_states`` or ``internal_error:<ExceptionType>``); the verdict is built fresh each time (never
         cached).
         """
-        verdict = failure_verdict(exc, self.settings.on_error, mode=self.mode, threshold=self.threshold,
-                                  fingerprint=self.fingerprint)
-        return verdict.model_copy(update={"weight_drift": True}) if self.weight_drift else verdict
+        return failure_verdict(exc, self.settings.on_error, mode=self.mode, threshold=self.threshold,
+                               fingerprint=self.fingerprint, weight_drift=self.weight_drift)
 
     def overflow_verdict(self, encoding: PromptEncoding) -> Verdict:
         """The blocking verdict for a prompt cut to fit ``max_chars``/``max_tokens`` when ``on_overflow="block"``.
 
         ``status="error"``, ``error="input_too_long"``, ``truncated=True``; logged like every failure.
         """
-        verdict = overflow_verdict(encoding, mode=self.mode, threshold=self.threshold, fingerprint=self.fingerprint)
-        return verdict.model_copy(update={"weight_drift": True}) if self.weight_drift else verdict
+        return overflow_verdict(encoding, mode=self.mode, threshold=self.threshold, fingerprint=self.fingerprint,
+                                weight_drift=self.weight_drift)
 
     def __repr__(self) -> str:
         return (f"LatentGuard(host={self.host.name!r}, mode={self.mode!r}, layers={list(self.layers)}, "

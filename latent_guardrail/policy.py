@@ -21,7 +21,7 @@ from typing import Protocol
 from .errors import NumericalError
 from .positions import PromptEncoding
 from .settings import OnError
-from .verdict import Verdict
+from .verdict import Verdict, VerdictTarget
 
 __all__ = ["CategoryPolicy", "Decision", "Policy", "Scores", "ThresholdPolicy", "failure_reason", "failure_verdict",
            "overflow_verdict"]
@@ -128,7 +128,7 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def failure_verdict(exc: Exception, on_error: OnError, *, mode: str, threshold: float,
-                    fingerprint: str) -> Verdict:
+                    fingerprint: str, weight_drift: bool = False, target: VerdictTarget = "prompt") -> Verdict:
     """Apply ``on_error`` to an internal failure: a blocking or allowing error verdict, or re-raise ``exc``.
 
     Every failure is logged with its reason code (also as the log record's ``reason`` attribute); the verdict
@@ -139,10 +139,12 @@ def failure_verdict(exc: Exception, on_error: OnError, *, mode: str, threshold: 
     if on_error == "raise":
         raise exc
     return Verdict.from_failure(reason, block=on_error == "block", mode=mode,
-                                threshold=threshold if math.isfinite(threshold) else 0.0, fingerprint=fingerprint)
+                                threshold=threshold if math.isfinite(threshold) else 0.0, fingerprint=fingerprint,
+                                weight_drift=weight_drift, target=target)
 
 
-def overflow_verdict(encoding: PromptEncoding, *, mode: str, threshold: float, fingerprint: str) -> Verdict:
+def overflow_verdict(encoding: PromptEncoding, *, mode: str, threshold: float, fingerprint: str,
+                     weight_drift: bool = False) -> Verdict:
     """The blocking verdict for a prompt cut to fit ``max_chars``/``max_tokens`` when ``on_overflow="block"``.
 
     ``status="error"``, ``error="input_too_long"``, ``truncated=True``; logged like every failure.
@@ -150,8 +152,7 @@ def overflow_verdict(encoding: PromptEncoding, *, mode: str, threshold: float, f
     reason = "input_too_long"
     logger.warning("latent guard blocked an over-long prompt (%s): %d tokens after the cut", reason,
                    len(encoding.input_ids), extra={"reason": reason})
-    verdict = Verdict.from_failure(reason, block=True, mode=mode,
-                                   threshold=threshold if math.isfinite(threshold) else 0.0, fingerprint=fingerprint)
-    return verdict.model_copy(update={"truncated": True, "sanitized": encoding.sanitized,
-                                      "num_tokens": len(encoding.input_ids), "t_inst": encoding.t_inst,
-                                      "t_post_inst": encoding.t_post_inst})
+    return Verdict.from_failure(reason, block=True, mode=mode, threshold=threshold if math.isfinite(threshold) else 0.0,
+                                fingerprint=fingerprint, weight_drift=weight_drift, truncated=True,
+                                sanitized=encoding.sanitized, num_tokens=len(encoding.input_ids),
+                                t_inst=encoding.t_inst, t_post_inst=encoding.t_post_inst)

@@ -124,14 +124,17 @@ class Verdict(BaseModel):
 
     @classmethod
     def from_failure(cls, reason: str, *, block: bool, mode: str, threshold: float = 0.0,
-                     fingerprint: str = "") -> Verdict:
+                     fingerprint: str = "", weight_drift: bool = False, target: VerdictTarget = "prompt",
+                     **fields: Any) -> Verdict:
         """A verdict decided by the failure policy: blocks when ``block`` else allows.
 
         Its ``score`` is ``threshold ± 1`` on the side of the decision (finite, so the verdict survives JSON,
-        and ``harmful == (score >= threshold)`` still holds); it measures nothing — read ``status``.
+        and ``harmful == (score >= threshold)`` still holds); it measures nothing — read ``status``. ``fields``
+        are further verdict fields (``truncated``, ``num_tokens`` …).
         """
         return cls(harmful=block, score=threshold + (1.0 if block else -1.0), threshold=threshold, mode=mode,
-                   fingerprint=fingerprint, status="error", error=reason, decided_by="failure")
+                   fingerprint=fingerprint, status="error", error=reason, decided_by="failure",
+                   weight_drift=weight_drift, target=target, **fields)
 
     def summary(self) -> str:
         """One line for logs and the CLI."""

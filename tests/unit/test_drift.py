@@ -105,6 +105,10 @@ def test_failure_verdicts_of_a_drifted_host_carry_the_flag(guard: LatentGuard, b
     drifted = LatentGuard(_tuned(base, 0.05), guard.fitted, GuardSettings(allow_weight_drift=True))
     assert drifted.failure_verdict(RuntimeError("boom")).weight_drift is True
     assert guard.failure_verdict(RuntimeError("boom")).weight_drift is False
+    response = drifted.response_failure(RuntimeError("boom"))
+    assert (response.weight_drift, response.target, response.status) == (True, "response", "error")
+    cut = drifted.with_settings(max_tokens=64, on_overflow="block").check(HARMLESS[0] + " and more words" * 40)
+    assert (cut.weight_drift, cut.error, cut.truncated, cut.harmful) == (True, "input_too_long", True, True)
 
 
 def test_another_model_stays_refused_with_the_flag(guard: LatentGuard, tmp_path: Path) -> None:
