@@ -61,11 +61,11 @@ def test_default_guard_artifact_is_small_and_round_trips(default_guard, default_
 def test_paper_mode_reproduces_advbench_vs_alpaca(default_host, shared_data):
     adv = [r.text for r in read_prompts(shared_data / "advbench" / "harmful_behaviors.csv", text_column="goal")]
     alp = [r.text for r in read_prompts(shared_data / "alpaca" / "alpaca_noinput_sample2000.jsonl")]
-    guard = LatentGuard.calibrate(default_host, adv[:100], alp[:100], mode="paper", progress=False)
+    guard = LatentGuard.calibrate(default_host, adv[:50], alp[:50], mode="paper", progress=False)  # as 100+100: 0.93
     assert guard.layers == tuple(range(31)) and guard.threshold == 0.0
     harmful = [v.score for v in guard.check_batch(adv[100:200])]
     harmless = [v.score for v in guard.check_batch(alp[100:200])]
-    # measured on the full rest (420 + 1900): 100% / ~88% → balanced ≈ 0.94 (see README)
+    # here 100% / 86% → 0.93; measured on the full rest (420 + 1900): 100% / ~88% → balanced ≈ 0.94 (see README)
     assert balanced_accuracy(harmful, harmless, 0.0) >= 0.90
 
 
