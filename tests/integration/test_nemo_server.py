@@ -2,7 +2,8 @@
 
 The server runs as a subprocess on a free loopback port (what ``pip install 'latent-guardrail[nemo]'`` installs
 must be enough to start it) and is always stopped. Requests use the server's OpenAI-style
-``/v1/chat/completions`` with ``guardrails.config_id`` naming the config folder.
+``/v1/chat/completions`` with ``guardrails.config_id`` naming the config folder. The Colang 1.0 config runs its
+output rail, on streamed requests too (``rails.output.streaming``).
 """
 
 from __future__ import annotations
@@ -137,5 +138,9 @@ def test_server_streams_an_allowed_answer_and_a_refusal(server: Server) -> None:
 
     answer, _ = stream(ALLOWED)
     assert answer.strip() and answer != REFUSAL
+    # the output rail judged the streamed answer: the same text as the non-streamed one, no error frame in it
+    # (an internal_error frame is streamed as content, so only the text tells: rail_execution_failure before)
+    assert "rail_execution_failure" not in answer and "content_blocked" not in answer, answer
+    assert answer == server.chat("nemoguardrails", ALLOWED, max_tokens=12)["choices"][0]["message"]["content"]
     refusal, _ = stream(BLOCKED)
     assert refusal == REFUSAL

@@ -1,6 +1,6 @@
 """The output rail ``latent guard check output`` in real ``LLMRails`` apps (Colang 1.0 and 2.x) on a tiny scripted
 host: with the latent main LLM's output check the rail reuses the generation's verdict (no extra pass), otherwise
-it runs one pass; the drop-in configs name the flow."""
+it runs one pass; the drop-in configs name the flow, and the Colang 1.0 one runs it on streamed answers too."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from nemoguardrails import LLMRails, RailsConfig
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
 from latent_guardrail.guard import LatentGuard
+from latent_guardrail.guarded import DEFAULT_REFUSAL
 from latent_guardrail.integrations.nemo import LatentHostModel, NemoConfigError, rail_path, register
 from latent_guardrail.integrations.nemo.actions import latent_guard_check_output
 from latent_guardrail.integrations.nemo.provider import OutputVerdicts
@@ -124,6 +125,10 @@ def test_output_rail_runs_one_pass_without_the_generations_check(guard: LatentGu
 
 def test_the_action_fails_closed_and_defines_its_edge_cases(guard: LatentGuard) -> None:
     assert asyncio.run(latent_guard_check_output(text="x", user_text="y")).is_blocked  # no rail registered
+    # what NeMo's streamed output rails pass besides context, config and llm: taken, never a TypeError
+    streamed = asyncio.run(latent_guard_check_output(context={"bot_message": "x", "user_message": "y"},
+                                                     llm_task_manager=None, model_name="x", llms={}))
+    assert streamed.is_blocked and streamed.metadata["error"] == "not_registered"
     app = _app(guard, LatentHostModel(guard, max_new_tokens=4))
     rail = app.runtime.registered_action_params["latent_guard_rail"]
     empty = asyncio.run(rail.check_output("  ", HARMFUL_PROMPT))
@@ -153,7 +158,10 @@ def test_output_flow_or_check_output_without_a_response_part_is_a_config_error()
 
 def test_the_drop_in_configs_run_the_output_rail() -> None:
     v1 = yaml.safe_load((REPO / "integrations/nemoguardrails/config.yml").read_text())
-    assert "output" not in v1["rails"]   # left out: breaks the server's streamed answers (see the config)
+    assert v1["rails"]["output"]["flows"] == [OUTPUT_FLOW]
+    streaming = v1["rails"]["output"]["streaming"]
+    assert streaming["enabled"] is True and streaming["stream_first"] is False   # judged before it is sent
+    assert streaming["chunk_size"] > v1["models"][0]["parameters"]["max_new_tokens"]  # one window per answer
     assert v1["models"][0]["parameters"]["check_output"] is True
     v2 = yaml.safe_load((REPO / "integrations/nemoguardrails_colang2/config.yml").read_text())
     assert v2["models"][0]["parameters"]["check_output"] is True
@@ -161,3 +169,82 @@ def test_the_drop_in_configs_run_the_output_rail() -> None:
     for folder in ("nemoguardrails", "nemoguardrails_colang2"):
         config = RailsConfig.from_path(str(REPO / "integrations" / folder))
         assert config is not None
+
+
+def _drop_in_app(guard: LatentGuard, llm: LatentHostModel) -> LLMRails:
+    """The Colang 1.0 drop-in config (its rails, flows and streaming section) on the tiny host instead of the
+    default one."""
+    config = RailsConfig.from_path(str(REPO / "integrations/nemoguardrails"))
+    config = config.model_copy(update={"models": [], "custom_data": {"latent_guard": {"guard": None}}})
+    app = LLMRails(config, llm=llm)
+    register(app, guard)
+    return app
+
+
+class OutputCalls:
+    """The texts the app's rail judged as answers and its outcomes (wraps the rail's ``check_output``)."""
+
+    def __init__(self, app: LLMRails) -> None:
+        self.seen: list[tuple[str, RailOutcome]] = []
+        rail = app.runtime.registered_action_params["latent_guard_rail"]
+        check = rail.check_output
+
+        async def recorded(text: Any, user_text: Any, **kwargs: Any) -> RailOutcome:
+            outcome = await check(text, user_text, **kwargs)
+            self.seen.append((text, outcome))
+            return outcome
+
+        rail.check_output = recorded
+
+
+def _stream(app: LLMRails, text: str) -> list[str]:
+    async def collect() -> list[str]:
+        return [chunk async for chunk in app.stream_async(messages=[{"role": "user", "content": text}])]
+    return asyncio.run(collect())
+
+
+def _error(chunk: str) -> dict[str, Any] | None:
+    """The error frame NeMo ends a stream with, or None for an answer chunk."""
+    try:
+        found = json.loads(chunk)
+    except json.JSONDecodeError:
+        return None
+    return found.get("error") if isinstance(found, dict) else None
+
+
+def test_the_drop_in_config_streams_a_harmless_answer_through_the_output_rail(guard: LatentGuard) -> None:
+    lenient = guard.with_settings(threshold=1e9, response_threshold=1e9)
+    app = _drop_in_app(lenient, LatentHostModel(lenient, max_new_tokens=60))
+    calls = OutputCalls(app)
+    assert _ask(app, HARMLESS_PROMPT).response[-1]["content"] == HARMLESS_ANSWER
+    assert [text for text, _ in calls.seen] == [HARMLESS_ANSWER]
+    calls.seen.clear()
+    chunks = _stream(app, HARMLESS_PROMPT)
+    assert not any(_error(chunk) for chunk in chunks), chunks
+    assert "".join(chunks) == HARMLESS_ANSWER
+    # NeMo runs the flow on the passthrough answer and the streamed rail on the buffered answer (one window)
+    assert [text for text, _ in calls.seen] == [HARMLESS_ANSWER] * 2
+    assert not any(outcome.is_blocked for _, outcome in calls.seen)
+
+
+def test_the_drop_in_config_blocks_an_answer_streamed_or_not(guard: LatentGuard) -> None:
+    strict = guard.with_settings(threshold=1e9, response_threshold=-1e9)   # prompts pass, every answer blocks
+    app = _drop_in_app(strict, LatentHostModel(strict, max_new_tokens=60))
+    assert _ask(app, HARMLESS_PROMPT).response[-1]["content"] == REFUSAL   # the flow's refusal
+    chunks = _stream(app, HARMLESS_PROMPT)
+    # stream_first: false: nothing of the blocked answer is sent, the stream is NeMo's content_blocked frame
+    assert len(chunks) == 1, chunks
+    error = _error(chunks[0])
+    assert error is not None and error["code"] == "content_blocked" and error["param"] == OUTPUT_FLOW
+
+
+def test_the_drop_in_config_streams_the_hosts_refusal_of_an_answer_it_stopped(guard: LatentGuard) -> None:
+    open_prompts = guard.with_settings(threshold=1e9)   # the fitted response threshold judges the answers
+    app = _drop_in_app(open_prompts, LatentHostModel(open_prompts, max_new_tokens=60, check_output=True))
+    calls = OutputCalls(app)
+    assert _ask(app, HARMFUL_PROMPT).response[-1]["content"] == REFUSAL
+    (text, outcome), = calls.seen
+    assert text == DEFAULT_REFUSAL and outcome.is_blocked and outcome.metadata["shared_prefill"] is True
+    chunks = _stream(app, HARMFUL_PROMPT)
+    assert not any(_error(chunk) for chunk in chunks), chunks
+    assert "".join(chunks) == DEFAULT_REFUSAL   # the compliant answer was stopped before any of it was streamed

@@ -42,6 +42,7 @@ from latent_guardrail.integrations.nemo.actions import (
     ACTION_NAME,
     OUTPUT_ACTION_NAME,
     RAIL_PARAM,
+    bind_output_action,
     latent_guard_check_input,
     latent_guard_check_output,
 )
@@ -296,7 +297,8 @@ def register(app: Any, guard: LatentGuard | None = None) -> LatentGuardRail | No
 
     Reads and validates ``custom_data.latent_guard``, loads its guard unless ``guard`` is given (a guard built in
     code: calibrated, or on another host), registers the ``latent_guard_check_input`` action with the app's
-    rail as its parameter, and registers the ``latent_guardrail`` LLM provider. The flows come from
+    rail as its parameter and the ``latent_guard_check_output`` action bound to the rail (NeMo's streamed output
+    rails pass no registered parameters), and registers the ``latent_guardrail`` LLM provider. The flows come from
     :func:`rail_path` in ``import_paths`` (or a config folder that copies them). Called by the rail folder's
     ``config.py`` while ``LLMRails`` is being created; call it again in code to swap in your own guard.
     Returns the rail (None when ``guard: null`` and no guard is given: register one in code before the first
@@ -322,6 +324,8 @@ def register(app: Any, guard: LatentGuard | None = None) -> LatentGuardRail | No
                               "`latent-guardrail add-response GUARD_DIR` or use the default guard")
     rail = LatentGuardRail(guard, settings)
     app.register_action_param(RAIL_PARAM, rail)
+    # streamed output rails call the action without the registered parameters: this copy carries the rail
+    app.register_action(bind_output_action(rail), name=OUTPUT_ACTION_NAME)
     return rail
 
 
