@@ -40,7 +40,7 @@ from .fingerprint import WEIGHTS_PART, legacy_weights_digest
 from .fitted import FittedGuard
 from .hosts import DEFAULT_MODEL, Host, cache_root, load_host
 from .layers import decoder_blocks
-from .normalize import close_sentence, normalize_prompt
+from .normalize import close_prompt, close_sentence, normalize_prompt
 from .policy import CategoryPolicy, Policy, Scores, ThresholdPolicy, failure_verdict, overflow_verdict
 from .positions import Prompt, PromptEncoding, encode_prompt
 from .readings import Part, Reading
@@ -375,13 +375,18 @@ class LatentGuard:
         if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
             raise InputError(f"check_batch takes a list of prompts, got {type(prompts).__name__}; "
                              "for one prompt use check()")
-        encodings = []
+        encodings, unclosed = [], []
         for index, prompt in enumerate(prompts):
             try:
-                encodings.append(self._encode_judged(*self._judged(prompt)))
+                # normalised once without closing stops (what the readings cut from), then closed for the whole read
+                opened, changed = self._judged(prompt, close=False)
+                closed, closing = close_prompt(opened) if self.settings.normalize and self.settings.close_sentences \
+                    else (opened, False)
+                encodings.append(self._encode_judged(closed, changed or closing))
             except InputError as exc:
                 raise InputError(f"prompt {index}: {exc}") from exc
-        readings = [self.readings(prompt) for prompt in prompts]
+            unclosed.append(opened)
+        readings = [self.readings(prompt, normalized=True) for prompt in unclosed]
         if not any(readings):
             return self.check_encodings(encodings, progress=progress)
         extra = [reading.encoding for pieces in readings for reading in pieces]

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Normalized", "CONFUSABLES", "close_sentence", "normalize_for", "normalize_prompt", "normalize_text"]
+__all__ = ["Normalized", "CONFUSABLES", "close_prompt", "close_sentence", "normalize_for", "normalize_prompt",
+           "normalize_text"]
 
 CONFUSABLES: Mapping[str, str] = MappingProxyType({
     # Cyrillic lower case
@@ -96,25 +97,40 @@ def normalize_text(text: str, *, case_fold: bool = False, close: bool = False) -
     return Normalized(out, out != text)
 
 
-def normalize_prompt(prompt: Any, *, case_fold: bool = False, close: bool = False) -> tuple[Any, bool]:
-    """A prompt (a string or chat messages) with every user message's content normalised, and whether anything
-    changed. Other roles, and anything that is not a string or a list of role/content mappings, pass unchanged
-    (the prompt's own validation reports them)."""
+def _map_user_texts(prompt: Any, change: Callable[[str], str]) -> tuple[Any, bool]:
+    """``prompt`` (a string or chat messages) with ``change`` applied to the string and every user message's
+    content, and whether anything changed; unchanged prompts come back as the same object."""
     if isinstance(prompt, str):
-        result = normalize_text(prompt, case_fold=case_fold, close=close)
-        return result.text, result.changed
+        text = change(prompt)
+        return text, text != prompt
     if not isinstance(prompt, Sequence) or isinstance(prompt, bytes | bytearray):
         return prompt, False
     changed = False
     out: list[Any] = []
     for message in prompt:
         if isinstance(message, Mapping) and message.get("role") == "user" and isinstance(message.get("content"), str):
-            result = normalize_text(message["content"], case_fold=case_fold, close=close)
-            changed |= result.changed
-            out.append({**message, "content": result.text} if result.changed else message)
+            text = change(message["content"])
+            changed |= text != message["content"]
+            out.append({**message, "content": text} if text != message["content"] else message)
         else:
             out.append(message)
     return (out, True) if changed else (prompt, False)
+
+
+def normalize_prompt(prompt: Any, *, case_fold: bool = False, close: bool = False) -> tuple[Any, bool]:
+    """A prompt (a string or chat messages) with every user message's content normalised, and whether anything
+    changed. Other roles, and anything that is not a string or a list of role/content mappings, pass unchanged
+    (the prompt's own validation reports them)."""
+    return _map_user_texts(prompt, lambda text: normalize_text(text, case_fold=case_fold, close=close).text)
+
+
+def close_prompt(prompt: Any) -> tuple[Any, bool]:
+    """:func:`close_sentence` on the string or every user message's content, and whether anything changed.
+
+    Closing is the last step of :func:`normalize_text`, so ``close_prompt(normalize_prompt(p)[0])`` is
+    ``normalize_prompt(p, close=True)``: a prompt needed both ways is normalised once.
+    """
+    return _map_user_texts(prompt, close_sentence)
 
 
 def normalize_for(prompt: Any, settings: Any, *, case_fold: bool | None = None, close: bool | None = None

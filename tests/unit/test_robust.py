@@ -26,7 +26,7 @@ from latent_guardrail.augment import (
 )
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
-from latent_guardrail.normalize import close_sentence, normalize_prompt, normalize_text
+from latent_guardrail.normalize import close_prompt, close_sentence, normalize_prompt, normalize_text
 from latent_guardrail.positions import encode_prompt, pad_batch
 from latent_guardrail.readings import Part, Reading
 from latent_guardrail.segments import clause_ends, quoted_values, sentence_groups, typed_turns, unfinished_runs
@@ -424,3 +424,21 @@ def test_guarded_generation_answers_the_typed_text_and_judges_the_normalised_one
     result = guarded_generate(guard, typed, max_new_tokens=3)
     assert result.verdict.normalized and not result.blocked
     assert result.verdict.score == guard.check("snow is cold.").score
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["user", "assistant", "system"]),
+                          st.text(alphabet=st.sampled_from(list("ab1 .,?!\u200b\uff41\u0410\u00a0\t")), max_size=12)),
+                min_size=1, max_size=4),
+       st.booleans(), st.booleans())
+def test_closing_a_normalised_prompt_is_normalising_it_closed(turns: list[tuple[str, str]], as_text: bool,
+                                                              as_tuple: bool) -> None:
+    """check_batch normalises once and closes after: the same prompt and the same `changed` as doing both at once."""
+    messages = [{"role": role, "content": text} for role, text in turns]
+    prompt = turns[0][1] if as_text else (tuple(messages) if as_tuple else messages)
+    opened, changed = normalize_prompt(prompt)
+    closed, closing = close_prompt(opened)
+    both = normalize_prompt(prompt, close=True)
+    assert (closed, changed or closing) == both
+    if not both[1] and not as_text:
+        assert closed is prompt                                  # unchanged messages come back as themselves
