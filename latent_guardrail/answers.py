@@ -126,10 +126,12 @@ def encode_answer(tokenizer: Any, prompt: PromptEncoding, response: str, *, max_
 
 @dataclass(frozen=True)
 class AnswerStates:
-    """Per answer, the rows of each response view: ``views[name][i]`` is ``(rows_i, layers, d)`` float32."""
+    """Per answer, the rows of each response view: ``views[name][i]`` is ``(rows_i, layers, d)`` float32;
+    ``prompts[i]`` ``(layers, d)`` float32 is the state of its prompt at ``t_inst`` (read in the same pass)."""
 
     layers: tuple[int, ...]
     views: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    prompts: list[torch.Tensor] = field(default_factory=list)
 
     def __len__(self) -> int:
         first = next(iter(self.views.values()), [])
@@ -139,10 +141,12 @@ class AnswerStates:
 def read_answer_states(model: nn.Module, answers: Sequence[AnswerEncoding], layers: Sequence[int], *,
                        pad_token_id: int, every: int, views: Sequence[str] = tuple(RESPONSE_VIEWS),
                        batch_size: int = 16, layer_template: str | None = None) -> AnswerStates:
-    """The rows of ``views`` for every answer, one forward pass per batch (left padding, early exit).
+    """The rows of ``views`` for every answer and its prompt's state at ``t_inst``, one forward pass per batch
+    (left padding, early exit).
 
     Returns:
-        :class:`AnswerStates` with ``(rows, len(layers), d)`` per answer and view, in input order.
+        :class:`AnswerStates` with ``(rows, len(layers), d)`` per answer and view and ``(len(layers), d)`` per
+        prompt, in input order.
     """
     if every < 1:
         raise InputError(f"every must be a positive number of tokens, got {every!r}")
@@ -150,6 +154,7 @@ def read_answer_states(model: nn.Module, answers: Sequence[AnswerEncoding], laye
     if unknown:
         raise InputError(f"unknown response view(s) {unknown}: use some of {', '.join(RESPONSE_VIEWS)}")
     out: dict[str, list[torch.Tensor | None]] = {view: [None] * len(answers) for view in views}
+    prompts: list[torch.Tensor | None] = [None] * len(answers)
     lengths = [len(answer.input_ids) for answer in answers]
     for chunk in plan_batches(lengths, batch_size):
         rows = [answers[i] for i in chunk]
@@ -160,26 +165,30 @@ def read_answer_states(model: nn.Module, answers: Sequence[AnswerEncoding], laye
         points = [check_points(len(row.answer_ids), every) for row in rows]
         width_p = max(len(p) for p in points)
         width_e = max(len(row.ends) for row in rows)
-        positions = torch.empty((len(rows), width_p + width_e), dtype=torch.long)
+        positions = torch.empty((len(rows), width_p + width_e + 1), dtype=torch.long)
         spans = torch.empty((len(rows), width_p, 2), dtype=torch.long)
         for r, row in enumerate(rows):
             base = seq - len(row.input_ids) + row.start
             p = points[r] + [points[r][-1]] * (width_p - len(points[r]))
             e = list(row.ends) + [row.ends[-1]] * (width_e - len(row.ends))
-            positions[r] = torch.tensor([base + i for i in p] + [base + i for i in e])
+            positions[r] = torch.tensor([base + i for i in p] + [base + i for i in e]
+                                        + [seq - len(row.input_ids) + row.prompt.t_inst])
             spans[r, :, 0] = base
             spans[r, :, 1] = torch.tensor([base + i for i in p])
         result = run_capture(model, batch.input_ids, batch.attention_mask, layers, positions,
                              layer_template=layer_template, spans=spans)
-        stacked = result.stacked()                           # (batch, width_p + width_e + width_p, layers, d)
+        stacked = result.stacked()                       # (batch, width_p + width_e + 1 + width_p, layers, d)
+        means = width_p + width_e + 1
         for r, index in enumerate(chunk):
             n_p, n_e = len(points[r]), len(rows[r].ends)
             found = {"last": stacked[r, :n_p], "ends": stacked[r, width_p:width_p + n_e],
-                     "mean": stacked[r, width_p + width_e:width_p + width_e + n_p]}
+                     "mean": stacked[r, means:means + n_p]}
             for view in views:
                 out[view][index] = found[view].clone()
+            prompts[index] = stacked[r, width_p + width_e].clone()
     return AnswerStates(layers=tuple(int(x) for x in layers),
-                        views={view: [t for t in states if t is not None] for view, states in out.items()})
+                        views={view: [t for t in states if t is not None] for view, states in out.items()},
+                        prompts=[t for t in prompts if t is not None])
 
 
 @dataclass

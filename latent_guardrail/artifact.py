@@ -2,7 +2,8 @@
 
 Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VERSION`)::
 
-    format, version            "latent-guardrail", 2 (version 1, without a response part, still loads)
+    format, version            "latent-guardrail", 3 (versions 1, without a response part, and 2, whose response
+                               part reads the answer alone, still load)
     fingerprint, fingerprint_parts   host identity (model config, tokenizer, chat template, system prompt, weights)
     num_blocks, hidden_size, layer_template
     position_rule              "t_inst = last token of the last user message (sentinel + offsets)"
@@ -14,8 +15,10 @@ Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VER
     report                     calibration summary (counts, CV figures, timings)
     tensors_sha256             sha256 of tensors.safetensors (detects truncation and edits)
     response                   optional (version 2): the response scorer's config() — mode "response", layers,
-                               view, view_rule, every, threshold, calibration, shrinkage; its tensors are
-                               ``response.directions`` / ``response.midpoints`` ``(layers, d)``
+                               view, view_rule, every, threshold, calibration, shrinkage, gate (the harm
+                               read-out; version 3: its "prompt" part reads the prompt's t_inst state); its
+                               tensors are ``response.directions`` / ``response.midpoints`` ``(layers, d)``,
+                               ``response.gate_*`` and ``response.gate_prompt_*`` likewise
 
 Tensors: ``centroids.harmful`` / ``centroids.harmless`` ``(num_blocks + 1, d)``, ``centroids.category.<name>``,
 ``refusal.direction`` and the scorer's own (named with its ``tensor_prefix``, e.g. ``tuned.*``), all float32.
@@ -50,7 +53,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "save_fitted", "load_fitted", "check_fing
            "HEADER_FILE", "TENSORS_FILE"]
 
 FORMAT = "latent-guardrail"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 HEADER_FILE = "guard.json"
 TENSORS_FILE = "tensors.safetensors"
 POSITION_RULE = "t_inst = last token of the last user message (sentinel + offsets)"

@@ -559,9 +559,9 @@ class LatentGuard:
                                             pad_token_id=self.host.tokenizer.pad_token_id, every=scorer.every,
                                             views=(scorer.view,), batch_size=self.settings.batch_size,
                                             layer_template=self.fitted.layer_template)
-            return [self.response_verdict(answer.prompt, len(answer.answer_ids), scorer.score(rows),
+            return [self.response_verdict(answer.prompt, len(answer.answer_ids), scorer.score(rows, prompt),
                                           truncated=answer.truncated)
-                    for answer, rows in zip(answers, states.views[scorer.view], strict=True)]
+                    for answer, rows, prompt in zip(answers, states.views[scorer.view], states.prompts, strict=True)]
         except Exception as exc:  # any failure of the model work: the on_error policy decides (fail closed)
             return [self.response_failure(exc)] * len(answers)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from . import refusal as refusal_judge
-from .activations import Capture, capture
+from .activations import Capture, capture, run_capture
 from .answers import ends_sentence, monitor_answer
 from .decoding import CallOptions, Decoded, call_options, check_max_new_tokens, decode, prefill
 from .errors import InputError, LatentGuardError
@@ -206,8 +206,10 @@ def guarded_stream(
     # case folding or a closing full stop alone never costs a second pass: the prefill of the typed text judges it
     judged = guard.encode(prompt, case_fold=False, close=False) if guard.settings.normalize else encoding
     host = guard.host
+    scorer = guard._response_scorer() if check_output else None
     with host.lock:
-        verdict, logits, cache = _prefill(guard, encoding)
+        verdict, logits, cache, prompt_state = _prefill(
+            guard, encoding, scorer.layers if scorer is not None and scorer.reads_prompt else None)
         if judged.normalized and not verdict.harmful:
             # the host answers the text as typed; the guard also judges the normalised text (one more pass,
             # only when normalising changed something), and either one blocking blocks
@@ -227,7 +229,7 @@ def guarded_stream(
             raise LatentGuardError(f"the prefill failed ({verdict.error}); the failure policy allowed the prompt, "
                                    "but there is no pass to generate from")
         yield from _decode(guard, verdict, encoding, logits, cache, options, cancel=cancel,
-                           check_output=check_output, refusal=refusal)
+                           check_output=check_output, refusal=refusal, prompt_state=prompt_state)
 
 
 def judged_stream(
@@ -267,6 +269,7 @@ def judged_stream(
     if check_output:
         guard.response_threshold  # noqa: B018 - no response part: ArtifactError before any model work
     ids = tuple(int(token) for token in input_ids)
+    scorer = guard._response_scorer() if check_output else None
     with guard.host.lock:
         verdicts = guard.check_batch(list(judged))
         verdict = next((v for v in verdicts if v.harmful), verdicts[0])
@@ -274,9 +277,12 @@ def judged_stream(
         if verdict.harmful:
             yield from _blocked(guard, verdict, ids, options, on_block, refusal, cancel)
             return
+        # a response scorer that reads the prompt reads the first judged prompt's t_inst as the guard renders it
+        # (the answer prompt, tools rendered in it, has no t_inst the guard knows): a partial pass
+        prompt_state = _prompt_state(guard, judged[0], scorer.layers) if scorer and scorer.reads_prompt else None
         logits, cache = prefill(guard.host.model, ids)
         yield from _decode(guard, verdict, ids, logits, cache, options, cancel=cancel, check_output=check_output,
-                           refusal=refusal)
+                           refusal=refusal, prompt_state=prompt_state)
 
 
 def steered_refusal(guard: LatentGuard, prompt: Prompt, *, max_new_tokens: int = 64) -> GuardedResult:
@@ -387,8 +393,11 @@ def _decision_hook(model: nn.Module, layer_template: str | None, last_layer: int
             handle.remove()
 
 
-def _prefill(guard: LatentGuard, encoding: PromptEncoding) -> tuple[Verdict, torch.Tensor | None, Any]:
-    """The one forward pass: verdict from the hooks; logits ``(1, vocab)`` and KV cache unless blocked.
+def _prefill(guard: LatentGuard, encoding: PromptEncoding, prompt_layers: Sequence[int] | None = None
+             ) -> tuple[Verdict, torch.Tensor | None, Any, torch.Tensor | None]:
+    """The one forward pass: verdict from the hooks; logits ``(1, vocab)`` and KV cache unless blocked; with
+    ``prompt_layers``, the prompt's state at ``t_inst`` on them ``(layers, d)`` (what a response scorer that
+    reads the prompt needs; recorded by the same pass), else None.
 
     Callers hold ``guard.host.lock``.
     """
@@ -411,19 +420,33 @@ def _prefill(guard: LatentGuard, encoding: PromptEncoding) -> tuple[Verdict, tor
             raise _StopPrefill
 
     try:
-        with capture(model, guard.layers, positions, layer_template=template, spans=spans) as result, \
-                _decision_hook(model, template, max(guard.layers), lambda: decide(result)):
+        with ExitStack() as stack:
+            result = stack.enter_context(capture(model, guard.layers, positions, layer_template=template,
+                                                 spans=spans))
+            prompt = None if not prompt_layers else stack.enter_context(
+                capture(model, prompt_layers, torch.tensor([[encoding.t_inst]]), layer_template=template))
+            stack.enter_context(_decision_hook(model, template, max(guard.layers), lambda: decide(result)))
             try:
                 logits, cache = prefill(model, encoding.input_ids)
             except _StopPrefill:
-                return decided[0], None, None
+                return decided[0], None, None, None
     except Exception as exc:  # the pass itself failed (any exception): the failure policy decides
         if decided:
             raise
-        return _failure(guard, exc), None, None
+        return _failure(guard, exc), None, None, None
     if not decided:
-        return _failure(guard, RuntimeError("the forward pass did not reach the guard's layers")), None, None
-    return decided[0], logits, cache
+        return (_failure(guard, RuntimeError("the forward pass did not reach the guard's layers")), None, None,
+                None)
+    return decided[0], logits, cache, None if prompt is None else prompt.stacked()[0, 0]
+
+
+def _prompt_state(guard: LatentGuard, prompt: Prompt, layers: Sequence[int]) -> torch.Tensor:
+    """The state ``(len(layers), d)`` at ``t_inst`` of ``prompt`` as the host reads it when it answers (not
+    normalised): one pass, stopped after the last of ``layers``. Callers hold ``guard.host.lock``."""
+    encoding = guard.encode(prompt, normalize=False)
+    batch = pad_batch([encoding], guard.host.tokenizer.pad_token_id)
+    return run_capture(guard.host.model, batch.input_ids, batch.attention_mask, layers,
+                       torch.tensor([[encoding.t_inst]]), layer_template=guard.fitted.layer_template).stacked()[0, 0]
 
 
 def _failure(guard: LatentGuard, exc: Exception) -> Verdict:
@@ -433,16 +456,19 @@ def _failure(guard: LatentGuard, exc: Exception) -> Verdict:
 
 def _decode(guard: LatentGuard, verdict: Verdict, prompt: PromptEncoding | Sequence[int], logits: torch.Tensor,
             cache: Any, options: CallOptions, *, cancel: threading.Event | None, blocked: bool = False,
-            check_output: bool = False, refusal: str = DEFAULT_REFUSAL) -> Iterator[GuardedEvent]:
+            check_output: bool = False, refusal: str = DEFAULT_REFUSAL, prompt_state: torch.Tensor | None = None
+            ) -> Iterator[GuardedEvent]:
     """:func:`~latent_guardrail.decoding.decode` from the prefill's ``logits`` ``(1, vocab)`` and KV ``cache``,
     as guarded events: a :class:`GuardedChunk` per step, then the :class:`GuardedResult`.
 
     ``prompt``: the prompt's encoding (or its token ids ``(seq,)``). ``blocked``: a steered refusal — the result
     says ``blocked=True`` and ``finish_reason="blocked"``. ``check_output``: the answer is judged on the way
-    (:func:`_judged_decode`).
+    (:func:`_judged_decode`; ``prompt_state`` the prompt's ``t_inst`` state on the response scorer's layers
+    ``(layers, d)`` when it reads one).
     """
     if check_output:
-        yield from _judged_decode(guard, verdict, prompt, logits, cache, options, cancel=cancel, refusal=refusal)
+        yield from _judged_decode(guard, verdict, prompt, logits, cache, options, cancel=cancel, refusal=refusal,
+                                  prompt_state=prompt_state)
         return
     input_ids = prompt.input_ids if isinstance(prompt, PromptEncoding) else prompt
     host = guard.host
@@ -459,7 +485,7 @@ def _decode(guard: LatentGuard, verdict: Verdict, prompt: PromptEncoding | Seque
 
 def _judged_decode(guard: LatentGuard, verdict: Verdict, prompt: PromptEncoding | Sequence[int],
                    logits: torch.Tensor, cache: Any, options: CallOptions, *, cancel: threading.Event | None,
-                   refusal: str) -> Iterator[GuardedEvent]:
+                   refusal: str, prompt_state: torch.Tensor | None = None) -> Iterator[GuardedEvent]:
     """The decoding loop with the output check: hooks on the response scorer's layers record the state of every
     token the decoding steps feed back (:func:`~latent_guardrail.answers.monitor_answer`; no pass is added), a
     :class:`~latent_guardrail.response.ResponseTracker` scores them at the view's check points, and the first
@@ -475,7 +501,7 @@ def _judged_decode(guard: LatentGuard, verdict: Verdict, prompt: PromptEncoding 
     input_ids = prompt.input_ids if isinstance(prompt, PromptEncoding) else tuple(prompt)
     context = prompt if isinstance(prompt, PromptEncoding) else None
     prompt_tokens = len(input_ids)
-    tracker = ResponseTracker(scorer)
+    tracker = ResponseTracker(scorer, prompt_state)
     tokens: list[int] = []
     judged = 0
 

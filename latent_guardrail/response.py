@@ -39,7 +39,7 @@ from .errors import CalibrationError, NumericalError
 from .metrics import auroc, threshold_at_fpr
 from .pooled import _Scatter
 
-__all__ = ["REFUSAL_KINDS", "ResponseGate", "ResponseOptions", "ResponseScore", "ResponseScorer",
+__all__ = ["REFUSAL_KINDS", "PromptPart", "ResponseGate", "ResponseOptions", "ResponseScore", "ResponseScorer",
            "ResponseTracker", "fit_response"]
 
 _F64 = torch.float64
@@ -58,20 +58,45 @@ class ResponseScore:
 
 
 @dataclass(frozen=True)
+class PromptPart:
+    """The prompt's share of the harm read-out: a read-out of the prompt's state at ``t_inst`` on the scorer's
+    layers (``directions`` / ``midpoints`` ``(layers, d)``, its ``shrinkage``), mixed into the answer's raw
+    score with ``weight``: ``(1 − weight) · answer + weight · prompt``. The prompt's state is computed by the
+    same pass that writes (or reads) the answer: the prefill in guarded generation, the one pass over prompt +
+    answer in :meth:`~latent_guardrail.guard.LatentGuard.check_response`."""
+
+    directions: torch.Tensor
+    midpoints: torch.Tensor
+    weight: float
+    shrinkage: float = 0.5
+
+    def scores(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Per-layer raw scores ``(layers,)`` of the prompt's float64 state ``(layers, d)``."""
+        return ((prompt - self.midpoints.to(_F64)) * self.directions.to(_F64)).sum(-1)
+
+
+@dataclass(frozen=True)
 class ResponseGate:
     """The second read-out of a two-read-out scorer (the *harm* read-out: compliant answers vs answers to harmless
     prompts), on the scorer's layers: ``directions`` / ``midpoints`` ``(layers, d)``, its own Platt
-    ``calibration`` and ``shrinkage``."""
+    ``calibration`` and ``shrinkage``; ``prompt``: the prompt state's share of it (None: the answer alone)."""
 
     directions: torch.Tensor
     midpoints: torch.Tensor
     calibration: tuple[float, float]
     shrinkage: float = 0.5
+    prompt: PromptPart | None = None
 
-    def layer_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-row, per-layer log-odds ``(rows, layers)`` of float64 states ``(rows, layers, d)``."""
+    def layer_scores(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-row, per-layer log-odds ``(rows, layers)`` of float64 states ``(rows, layers, d)``; ``prompt``
+        ``(layers, d)`` the prompt's state (required when the gate has a prompt part, ignored otherwise)."""
         a, b = self.calibration
-        return a * ((x - self.midpoints.to(_F64)) * self.directions.to(_F64)).sum(-1) + b
+        raw = ((x - self.midpoints.to(_F64)) * self.directions.to(_F64)).sum(-1)
+        if self.prompt is not None:
+            if prompt is None:
+                raise ValueError("this response scorer's harm read-out also reads the prompt's state: pass it")
+            raw = (1.0 - self.prompt.weight) * raw + self.prompt.weight * self.prompt.scores(prompt.to(_F64))
+        return a * raw + b
 
 
 class ResponseScorer:
@@ -95,9 +120,17 @@ class ResponseScorer:
         self.view = str(view)
         self.every = int(every)
         self.shrinkage = float(shrinkage)
+        part = None if gate is None or gate.prompt is None else PromptPart(
+            gate.prompt.directions.to(_F64), gate.prompt.midpoints.to(_F64), float(gate.prompt.weight),
+            float(gate.prompt.shrinkage))
         self.gate = None if gate is None else ResponseGate(
             gate.directions.to(_F64), gate.midpoints.to(_F64),
-            (float(gate.calibration[0]), float(gate.calibration[1])), float(gate.shrinkage))
+            (float(gate.calibration[0]), float(gate.calibration[1])), float(gate.shrinkage), part)
+
+    @property
+    def reads_prompt(self) -> bool:
+        """True when the harm read-out also reads the prompt's state at ``t_inst`` (pass it to :meth:`score`)."""
+        return self.gate is not None and self.gate.prompt is not None
 
     def _checked(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.dim() != 3 or rows.shape[1:] != self.directions.shape:
@@ -114,8 +147,9 @@ class ResponseScorer:
         a, b = self.calibration
         return a * ((x - self.midpoints) * self.directions).sum(-1) + b
 
-    def score(self, rows: torch.Tensor) -> ResponseScore:
-        """The answer's score from its view rows ``(rows, layers, d)`` (at least one row).
+    def score(self, rows: torch.Tensor, prompt: torch.Tensor | None = None) -> ResponseScore:
+        """The answer's score from its view rows ``(rows, layers, d)`` (at least one row) and, when the scorer
+        :attr:`reads_prompt`, the prompt's state at ``t_inst`` ``(layers, d)`` (ValueError when it is missing).
 
         ``layer_scores`` are those of the read-out that decided the deciding row (the lower one with a gate).
         """
@@ -123,7 +157,11 @@ class ResponseScorer:
             raise ValueError(f"an answer needs at least one row of states, got shape {tuple(rows.shape)}")
         per = self.row_scores(rows)                                    # (rows, layers)
         if self.gate is not None:
-            gated = self.gate.layer_scores(rows.to(_F64))              # (rows, layers)
+            if prompt is not None and tuple(prompt.shape) != tuple(self.directions.shape):
+                raise ValueError(f"the prompt state must be {tuple(self.directions.shape)}, got {tuple(prompt.shape)}")
+            if prompt is not None and not torch.isfinite(prompt).all():
+                raise NumericalError("hidden states contain NaN or inf")
+            gated = self.gate.layer_scores(rows.to(_F64), prompt)      # (rows, layers)
             per = torch.where((gated.mean(-1) < per.mean(-1)).unsqueeze(-1), gated, per)
         pooled = per.mean(-1)
         row = int(pooled.argmax())
@@ -135,6 +173,9 @@ class ResponseScorer:
         if self.gate is not None:
             out.update({f"{p}gate_directions": self.gate.directions.float(),
                         f"{p}gate_midpoints": self.gate.midpoints.float()})
+            if self.gate.prompt is not None:
+                out.update({f"{p}gate_prompt_directions": self.gate.prompt.directions.float(),
+                            f"{p}gate_prompt_midpoints": self.gate.prompt.midpoints.float()})
         return out
 
     def config(self) -> dict[str, Any]:
@@ -145,6 +186,9 @@ class ResponseScorer:
         if self.gate is not None:
             out["gate"] = {"calibration": list(self.gate.calibration), "shrinkage": self.gate.shrinkage,
                            "combine": "min"}
+            if self.gate.prompt is not None:
+                out["gate"]["prompt"] = {"position": "t_inst", "weight": self.gate.prompt.weight,
+                                         "shrinkage": self.gate.prompt.shrinkage}
         return out
 
     def validate(self, hidden_size: int) -> None:
@@ -163,7 +207,13 @@ class ResponseScorer:
         if not all(math.isfinite(x) for x in (self.threshold, *self.calibration)):
             raise ValueError("the response scorer's threshold and calibration must be finite")
         if self.gate is not None:
-            for name, value in (("gate_directions", self.gate.directions), ("gate_midpoints", self.gate.midpoints)):
+            tensors = [("gate_directions", self.gate.directions), ("gate_midpoints", self.gate.midpoints)]
+            if self.gate.prompt is not None:
+                tensors += [("gate_prompt_directions", self.gate.prompt.directions),
+                            ("gate_prompt_midpoints", self.gate.prompt.midpoints)]
+                if not 0.0 <= self.gate.prompt.weight <= 1.0:
+                    raise ValueError(f"the prompt part's weight must be in [0, 1], got {self.gate.prompt.weight}")
+            for name, value in tensors:
                 if tuple(value.shape) != shape:
                     raise ValueError(f"tensor {self.tensor_prefix + name!r} has shape {tuple(value.shape)}, "
                                      f"expected {shape}")
@@ -185,8 +235,16 @@ class ResponseScorer:
         if gate_config is not None:
             if not isinstance(gate_config, Mapping) or gate_config.get("combine", "min") != "min":
                 raise ValueError(f"the response gate {gate_config!r} is not one this latent-guardrail reads")
+            part_config = gate_config.get("prompt")  # absent in parts fitted before it existed: the answer alone
+            part = None
+            if part_config is not None:
+                if not isinstance(part_config, Mapping) or part_config.get("position") != "t_inst":
+                    raise ValueError(f"the response gate's prompt part {part_config!r} is not one this "
+                                     "latent-guardrail reads")
+                part = PromptPart(tensors[f"{p}gate_prompt_directions"], tensors[f"{p}gate_prompt_midpoints"],
+                                  float(part_config["weight"]), float(part_config.get("shrinkage", 0.5)))
             gate = ResponseGate(tensors[f"{p}gate_directions"], tensors[f"{p}gate_midpoints"],
-                                tuple(gate_config["calibration"]), float(gate_config.get("shrinkage", 0.5)))
+                                tuple(gate_config["calibration"]), float(gate_config.get("shrinkage", 0.5)), part)
         return cls(config["layers"], tensors[f"{p}directions"], tensors[f"{p}midpoints"],
                    tuple(config["calibration"]), float(config["threshold"]), view=view,
                    every=int(config["every"]), shrinkage=float(config.get("shrinkage", 0.5)), gate=gate)
@@ -198,11 +256,15 @@ class ResponseTracker:
     :meth:`add` takes the state ``(layers, d)`` of the next answer token and whether that token ends a sentence;
     it returns the answer's score so far when this token is a check point of the scorer's view (``last`` /
     ``mean``: every ``every``-th token; ``ends``: a sentence end), else None. :meth:`final` scores the last
-    token seen (the answer's end is always a check point). ``best`` is the highest score so far.
+    token seen (the answer's end is always a check point). ``best`` is the highest score so far. ``prompt``:
+    the prompt's state at ``t_inst`` ``(layers, d)``, required when the scorer :attr:`~ResponseScorer.reads_prompt`.
     """
 
-    def __init__(self, scorer: ResponseScorer) -> None:
+    def __init__(self, scorer: ResponseScorer, prompt: torch.Tensor | None = None) -> None:
+        if scorer.reads_prompt and prompt is None:
+            raise ValueError("this response scorer also reads the prompt's state at t_inst: pass it to the tracker")
         self.scorer = scorer
+        self.prompt = None if prompt is None else prompt.to(_F64)
         self.count = 0
         self.best: ResponseScore | None = None
         self._sum: torch.Tensor | None = None
@@ -214,7 +276,7 @@ class ResponseTracker:
         return self._sum / self.count if self.scorer.view == "mean" else self._last
 
     def _check(self) -> ResponseScore:
-        scored = self.scorer.score(self._reading().unsqueeze(0))
+        scored = self.scorer.score(self._reading().unsqueeze(0), self.prompt)
         scored = ResponseScore(scored.score, self.count - 1, scored.layer_scores)
         if self.best is None or scored.score > self.best.score:
             self.best = scored
@@ -258,6 +320,9 @@ class ResponseOptions:
         every: check spacing of the ``last`` / ``mean`` views (tokens).
         gate: fit the two read-outs (compliance and harm, combined by min) when the answers' kinds say which
             label-0 answers are refusals; False: one read-out for all label-0 answers.
+        prompt_weights: candidate weights of the prompt's state at ``t_inst`` in the harm read-out (0: the answer
+            alone), chosen with the rest when the fit is given the prompts' states (without them, or without a
+            harm read-out, the answer alone).
     """
 
     num_layers: int = 4
@@ -266,6 +331,7 @@ class ResponseOptions:
     target_fpr: float | None = None
     every: int = DEFAULT_EVERY
     gate: bool = True
+    prompt_weights: tuple[float, ...] = (0.0, 0.5)
 
 
 def _pool_max(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
@@ -306,19 +372,20 @@ def _read_out(rows: torch.Tensor, row_label: np.ndarray, row_group: np.ndarray, 
     return _ReadOut(subset, oof, finals)
 
 
-def _calibrated(read: _ReadOut, k: int, start: int, window: int, owner: np.ndarray, labels: np.ndarray
+def _calibrated(rows: np.ndarray, subset: np.ndarray, owner: np.ndarray, labels: np.ndarray
                 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Calibrated row scores ``(R,)`` of a read-out's window, Platt-fitted on its own answers' max-pooled scores."""
-    rows = read.oof[k, :, start:start + window].mean(axis=1)
+    """Calibrated row scores ``(R,)`` of raw row scores ``(R,)``, Platt-fitted on the max-pooled scores of the
+    read-out's own answers (``subset``)."""
     pooled = _pool_max(rows, owner, labels.shape[0])
     with np.errstate(over="ignore"):  # a read-out that separates its two kinds perfectly: a steep, finite fit
-        a, b = _platt(pooled[read.subset], labels[read.subset].astype(float))
+        a, b = _platt(pooled[subset], labels[subset].astype(float))
     return a * rows + b, (a, b)
 
 
 def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray, groups: np.ndarray,
                  layers: Sequence[int], options: ResponseOptions | None = None,
-                 kinds: Sequence[str] | None = None) -> tuple[ResponseScorer, dict[str, Any]]:
+                 kinds: Sequence[str] | None = None, prompts: Sequence[torch.Tensor] | None = None
+                 ) -> tuple[ResponseScorer, dict[str, Any]]:
     """Fit the response scorer.
 
     Args:
@@ -330,6 +397,9 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
         kinds: ``(n_answers,)`` what each answer is; label-0 answers of a kind in :data:`REFUSAL_KINDS` are the
             compliance read-out's other side, the rest the harm read-out's (two read-outs, combined by min, when
             each side has at least 4 answers and ``options.gate``); None: one read-out.
+        prompts: per answer, its prompt's state at ``t_inst`` ``(len(layers), d)``: the harm read-out may also
+            read it (its weight among ``options.prompt_weights``, chosen by the same cross-validation); None: the
+            answer alone.
 
     Returns:
         (scorer, report): the report holds the leave-one-family-out AUROC of the best candidates, the choice,
@@ -351,12 +421,25 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
                                                                      list(REFUSAL_KINDS))
     if kinds is not None and len(kinds) != n:
         raise ValueError(f"{len(kinds)} kinds for {n} answers")
+    if prompts is not None and len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompt states for {n} answers")
     other = (labels == 0) & ~refused
     gated = opts.gate and min(int(refused.sum()), int(other.sum())) >= 4
     subsets = ([(labels == 1) | refused, (labels == 1) | other] if gated else [np.ones(n, dtype=bool)])
     gammas = list(opts.shrinkage)
     window = max(1, min(opts.num_layers, len(layers)))
-    best: tuple[float, str, tuple[int, ...], int, np.ndarray, list[tuple[float, float]]] | None = None
+    prompt_read = None  # the prompt states' harm read-out: one row per answer
+    weights = sorted({float(w) for w in opts.prompt_weights})
+    if any(not 0.0 <= w <= 1.0 for w in weights):
+        raise ValueError(f"prompt weights must be in [0, 1], got {opts.prompt_weights}")
+    if gated and prompts is not None and any(weights):
+        prompt_read = _read_out(torch.stack(list(prompts)).to(_F64), labels, group_index, n_groups, np.arange(n),
+                                subsets[1], gammas)
+    mixes = [(w, kp) for w in weights if w and prompt_read is not None for kp in range(len(gammas))]
+    if 0.0 in weights or not mixes:  # without the prompts' states the answer alone is the one candidate
+        mixes.insert(0, (0.0, 0))
+    best: tuple[float, str, tuple[int, ...], int, tuple[float, int], np.ndarray, list[tuple[float, float]]] | None
+    best = None
     candidates: list[dict[str, Any]] = []
     per_layer: dict[str, list[float]] = {}
     reads: dict[str, tuple[list[_ReadOut], np.ndarray]] = {}
@@ -374,16 +457,23 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
                                          labels)) or 0.5 for j in range(len(layers))]
         for ks in itertools.product(range(len(gammas)), repeat=len(outs)):
             for start in range(len(layers) - window + 1):
-                parts = [_calibrated(o, k, start, window, owner, labels) for o, k in zip(outs, ks, strict=True)]
-                row_scores = np.minimum.reduce([p[0] for p in parts])
-                scores = _pool_max(row_scores, owner, n)
-                value = auroc(*_split(scores, labels)) or 0.5
-                candidates.append({"view": view, "shrinkage": [gammas[k] for k in ks], "auroc": value,
-                                   "layers": [int(x) for x in layers[start:start + window]]})
-                if best is None or value > best[0] + 1e-4:
-                    best = (value, view, ks, start, scores, [p[1] for p in parts])
+                raw = [o.oof[k, :, start:start + window].mean(axis=1) for o, k in zip(outs, ks, strict=True)]
+                first = _calibrated(raw[0], outs[0].subset, owner, labels)
+                for weight, kp in mixes if gated else [(0.0, 0)]:
+                    parts = [first]
+                    if gated:
+                        harm = raw[1] if not weight else (1.0 - weight) * raw[1] + weight * (
+                            prompt_read.oof[kp, :, start:start + window].mean(axis=1)[owner])  # type: ignore[union-attr]
+                        parts.append(_calibrated(harm, outs[1].subset, owner, labels))
+                    scores = _pool_max(np.minimum.reduce([p[0] for p in parts]), owner, n)
+                    value = auroc(*_split(scores, labels)) or 0.5
+                    candidates.append({"view": view, "shrinkage": [gammas[k] for k in ks], "auroc": value,
+                                       "layers": [int(x) for x in layers[start:start + window]],
+                                       "prompt_weight": weight})
+                    if best is None or value > best[0] + 1e-4:
+                        best = (value, view, ks, start, (weight, kp), scores, [p[1] for p in parts])
     assert best is not None
-    cv_auc, view, ks, start, logit, calibrations = best
+    cv_auc, view, ks, start, (weight, kp), logit, calibrations = best
     threshold = 0.0 if opts.target_fpr is None else max(0.0, threshold_at_fpr(logit[labels == 0], opts.target_fpr))
     chosen = list(range(start, start + window))
     outs = reads[view][0]
@@ -395,7 +485,11 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
     gate = None
     if gated:
         gate_dirs, gate_mids = stacked(outs[1], ks[1])
-        gate = ResponseGate(gate_dirs, gate_mids, calibrations[1], gammas[ks[1]])
+        part = None
+        if weight:
+            assert prompt_read is not None
+            part = PromptPart(*stacked(prompt_read, kp), weight, gammas[kp])
+        gate = ResponseGate(gate_dirs, gate_mids, calibrations[1], gammas[ks[1]], part)
     scorer = ResponseScorer([layers[j] for j in chosen], dirs, mids, calibrations[0], threshold, view=view,
                             every=opts.every, shrinkage=gammas[ks[0]], gate=gate)
     by_group = {}
@@ -420,6 +514,10 @@ def fit_response(views: Mapping[str, Sequence[torch.Tensor]], labels: np.ndarray
     }
     if gated:
         report["gate_shrinkage"] = gammas[ks[1]]
+        report["prompt_weight"] = weight
+        if prompt_read is not None:
+            report["cv_auroc_prompt_weight"] = {str(w): max(c["auroc"] for c in candidates if c["prompt_weight"] == w)
+                                                for w in sorted({c["prompt_weight"] for c in candidates})}
         report["heldout_pass_rate_by_side"] = {"refusals": float((logit[refused] < threshold).mean()),
                                                "other": float((logit[other] < threshold).mean())}
     return scorer, report

@@ -8,7 +8,8 @@ prompts, look-alikes on sensitive topics included, are label 0) plus response te
 
 Every answer is read in one forward pass over prompt + answer (:func:`latent_guardrail.answers.read_answer_states`,
 the prompt rendered as the guard renders it, not normalised: the states the host computes when it writes that
-answer); the scorer is fitted by :func:`latent_guardrail.response.fit_response` with leave-one-family-out CV (a
+answer, and the prompt's state at t_inst from the same pass); the scorer is fitted by
+:func:`latent_guardrail.response.fit_response` with leave-one-family-out CV (a
 family is the prompt's topic, so a whole topic — its compliant answers, refusals and harmless look-alikes — is
 held out at once). :func:`add_response` returns the fitted guard with the response scorer attached; the input
 scorer is left as it is, so a guard's input part can be rebuilt without regenerating answers.
@@ -158,7 +159,8 @@ def add_response(host: Host, fitted: FittedGuard, pairs: Sequence[ResponsePair] 
     read_s = time.perf_counter() - start
     labels = np.array([pair.label for pair in chosen])
     groups = np.array([pair.group for pair in chosen])
-    scorer, report = fit_response(states.views, labels, groups, read, opts, kinds=[pair.kind for pair in chosen])
+    scorer, report = fit_response(states.views, labels, groups, read, opts, kinds=[pair.kind for pair in chosen],
+                                  prompts=states.prompts)
     kinds: dict[str, int] = {}
     for pair in chosen:
         kinds[pair.kind] = kinds.get(pair.kind, 0) + 1

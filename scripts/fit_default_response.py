@@ -12,8 +12,9 @@ The fit: every bundled pair (``calibration/responses``: the host's own answers, 
 topic counts for the category it imitates) and ``general``, residual layers 10, 12, ..., 26, windows of 3 layers,
 the ``mean`` view (the running mean over the answer: it led the leave-one-family-out comparison of the three views
 on these pairs, 0.89 against 0.77 for ``last``, and reading one view keeps the fit within the CPU budget), checks
-every 8 tokens; two read-outs (compliance vs refusals, harm vs harmless answers,
-combined by min), view / window / shrinkage chosen by leave-one-family-out AUROC; threshold log-odds 0.
+every 8 tokens; two read-outs (compliance vs refusals, harm vs harmless answers — the harm read-out also reading the
+prompt's t_inst state when it helps — combined by min), view / window / shrinkage / prompt weight (0 or 0.5) chosen
+by leave-one-family-out AUROC; threshold log-odds 0.
 """
 
 from __future__ import annotations

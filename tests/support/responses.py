@@ -40,9 +40,11 @@ def make_response_host() -> Host:
     return make_scripted_host(script, layers=3, hidden=32)
 
 
-def make_response_guard(host: Host | None = None, every: int = 4) -> LatentGuard:
-    """A tuned guard on the scripted host with a response part fitted on :func:`response_pairs`."""
+def make_response_guard(host: Host | None = None, every: int = 4, prompt_weight: float = 0.5) -> LatentGuard:
+    """A tuned guard on the scripted host with a response part fitted on :func:`response_pairs`; its harm
+    read-out reads the prompt's state with ``prompt_weight`` (0: the answer alone), as the default guard's does."""
     chosen = host if host is not None else make_response_host()
     base = LatentGuard.calibrate(chosen, HARMFUL, HARMLESS, mode="tuned", progress=False)
-    fitted = add_response(chosen, base.fitted, response_pairs(), options=ResponseOptions(every=every))
+    fitted = add_response(chosen, base.fitted, response_pairs(),
+                          options=ResponseOptions(every=every, prompt_weights=(prompt_weight,)))
     return LatentGuard(chosen, fitted)

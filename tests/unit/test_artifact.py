@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from latent_guardrail import artifact
-from latent_guardrail.artifact import HEADER_FILE, TENSORS_FILE, load_fitted
+from latent_guardrail.artifact import FORMAT_VERSION, HEADER_FILE, TENSORS_FILE, load_fitted
 from latent_guardrail.errors import ArtifactError, FingerprintMismatchError, InputError
 from latent_guardrail.guard import LatentGuard
 from latent_guardrail.hosts import Host
@@ -121,7 +121,7 @@ def test_artifact_folder_is_small_and_holds_two_files(mode: str, saved: dict[str
     size = sum(p.stat().st_size for p in saved[mode].iterdir())
     assert size < 64 * 1024  # a few (layers, d=32) float32 tensors and a JSON header
     header = json.loads((saved[mode] / HEADER_FILE).read_text(encoding="utf-8"))
-    assert header["format"] == "latent-guardrail" and header["version"] == 2  # 2: the optional response part
+    assert header["format"] == "latent-guardrail" and header["version"] == 3  # 3: the response part reads the prompt
     assert header["categories"] == sorted(CATEGORIES)
 
 
@@ -224,7 +224,7 @@ def test_wrong_format(value: object, copy_of: Callable[[str], Path]) -> None:
         load_fitted(folder)
 
 
-@pytest.mark.parametrize("version", [3, 99, 0, "1", None])
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99, 0, "1", None])
 def test_unknown_version(version: object, copy_of: Callable[[str], Path]) -> None:
     folder = copy_of("tuned")
     _edit_header(folder, lambda h: h.update(version=version))
@@ -234,7 +234,7 @@ def test_unknown_version(version: object, copy_of: Callable[[str], Path]) -> Non
 
 def test_future_version_asks_for_an_upgrade(copy_of: Callable[[str], Path]) -> None:
     folder = copy_of("paper")
-    _edit_header(folder, lambda h: h.update(version=3))
+    _edit_header(folder, lambda h: h.update(version=FORMAT_VERSION + 1))
     with pytest.raises(ArtifactError, match="upgrade latent-guardrail"):
         load_fitted(folder)
 

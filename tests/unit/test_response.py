@@ -23,10 +23,24 @@ from latent_guardrail.answers import (
 from latent_guardrail.artifact import HEADER_FILE, load_fitted, save_fitted
 from latent_guardrail.errors import ArtifactError, CalibrationError, DatasetError, InputError
 from latent_guardrail.guard import LatentGuard
-from latent_guardrail.guarded import DEFAULT_REFUSAL, GuardedChunk, GuardedResult, guarded_generate, guarded_stream
+from latent_guardrail.guarded import (
+    DEFAULT_REFUSAL,
+    GuardedChunk,
+    GuardedResult,
+    guarded_generate,
+    guarded_stream,
+    judged_stream,
+)
 from latent_guardrail.hosts import Host
 from latent_guardrail.positions import encode_prompt
-from latent_guardrail.response import ResponseGate, ResponseScorer, ResponseTracker, fit_response
+from latent_guardrail.response import (
+    PromptPart,
+    ResponseGate,
+    ResponseOptions,
+    ResponseScorer,
+    ResponseTracker,
+    fit_response,
+)
 from latent_guardrail.response_fit import ResponsePair, read_response_sets, response_layers
 from tests.support.hooks import hook_ids
 from tests.support.models import HARMFUL
@@ -98,10 +112,13 @@ def test_answer_states_are_the_hidden_states_at_the_answer_tokens(host: Host) ->
     torch.testing.assert_close(states.views["mean"][0][:, 0], means, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(states.views["ends"][0][:, 0], ref[[long.start + e for e in long.ends]],
                                atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(states.prompts[0][0], ref[long.prompt.t_inst], atol=1e-4, rtol=1e-4)
+    assert states.prompts[0].shape == (2, 32)
     alone = read_answer_states(host.model, [short], layers, pad_token_id=host.tokenizer.pad_token_id, every=3)
     for view in ("last", "mean", "ends"):
         assert states.views[view][1].shape == alone.views[view][0].shape
         torch.testing.assert_close(states.views[view][1], alone.views[view][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(states.prompts[1], alone.prompts[0], atol=1e-4, rtol=1e-4)
 
 
 def test_monitor_records_each_pass_and_removes_its_hooks(host: Host) -> None:
@@ -161,6 +178,74 @@ def test_two_read_outs_flag_only_when_both_agree() -> None:
     assert ResponseScorer.from_tensors(without, scorer.to_tensors()).gate is None
 
 
+def test_the_harm_read_out_mixes_in_the_prompt_state() -> None:
+    """gate log-odds = a · ((1 − w) · answer + w · prompt) + b per layer, against a plain reference; the prompt
+    state is required, survives the artifact round trip and reaches the streaming tracker."""
+    torch.manual_seed(2)
+    d, pd, pm = torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)
+    zeros = torch.zeros(2, 8)
+    scorer = ResponseScorer([1, 2], d, zeros, (1.0, 0.0), 0.0, view="mean", every=2,
+                            gate=ResponseGate(-d, zeros, (2.0, 0.5), prompt=PromptPart(pd, pm, 0.25)))
+    assert scorer.reads_prompt
+    rows = torch.randn(3, 2, 8, dtype=torch.float64)
+    prompt = torch.randn(2, 8, dtype=torch.float64)
+    answer_part = (rows * -d.double()).sum(-1)                                  # (rows, layers)
+    prompt_part = ((prompt - pm.double()) * pd.double()).sum(-1)                # (layers,)
+    reference = 2.0 * (0.75 * answer_part + 0.25 * prompt_part) + 0.5
+    torch.testing.assert_close(scorer.gate.layer_scores(rows, prompt), reference)  # type: ignore[union-attr]
+    scored = scorer.score(rows, prompt)
+    expected = torch.minimum(scorer.row_scores(rows).mean(-1), reference.mean(-1)).max()
+    assert math.isclose(scored.score, float(expected), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="prompt"):
+        scorer.score(rows)
+    with pytest.raises(ValueError, match="prompt state"):
+        scorer.score(rows, prompt[:1])
+    with pytest.raises(ValueError, match="t_inst"):
+        ResponseTracker(scorer)
+    loaded = ResponseScorer.from_tensors(scorer.config(), scorer.to_tensors())
+    assert loaded.reads_prompt and loaded.config() == scorer.config()
+    assert math.isclose(loaded.score(rows, prompt).score, scored.score, rel_tol=1e-5)
+    tracker = ResponseTracker(scorer, prompt)
+    for state in rows:
+        tracker.add(state, end=False)
+    means = torch.stack([rows[:p + 1].mean(0) for p in check_points(3, 2)])
+    assert math.isclose(tracker.final().score, scorer.score(means, prompt).score, rel_tol=1e-9)  # type: ignore[union-attr]
+    odd = scorer.config()
+    odd["gate"]["prompt"]["position"] = "t_post_inst"
+    with pytest.raises(ValueError, match="prompt part"):
+        ResponseScorer.from_tensors(odd, scorer.to_tensors())
+
+
+def test_the_fit_gives_the_prompt_state_weight_when_it_tells_the_topics_apart() -> None:
+    """Answers that read alike on both sides of the harm read-out, prompts that differ: the prompt part wins the
+    cross-validation; without the prompts' states the fit reads the answer alone."""
+    gen = torch.Generator().manual_seed(3)
+    n, d = 48, 6
+    kinds = ["compliant", "refusal", "answer"] * (n // 3)
+    labels = np.array([1 if k == "compliant" else 0 for k in kinds])
+    groups = np.arange(n) % 4
+    views, prompts = {"mean": []}, []
+    for kind in kinds:
+        answer = torch.randn(1, 1, d, generator=gen, dtype=torch.float64)
+        if kind == "refusal":
+            answer[..., 0] += 4.0                       # refusals read apart; compliant and harmless answers alike
+        prompt = torch.randn(1, d, generator=gen, dtype=torch.float64)
+        if kind != "answer":
+            prompt[..., 1] += 4.0                       # harmful prompts read apart from harmless ones
+        views["mean"].append(answer)
+        prompts.append(prompt)
+    options = ResponseOptions(views=("mean",), prompt_weights=(0.0, 0.5))
+    with_prompt, report = fit_response(views, labels, groups, [1], options, kinds=kinds, prompts=prompts)
+    alone, alone_report = fit_response(views, labels, groups, [1], options, kinds=kinds)
+    assert with_prompt.reads_prompt and report["prompt_weight"] == 0.5
+    assert report["cv_auroc_prompt_weight"]["0.5"] > report["cv_auroc_prompt_weight"]["0.0"] + 0.1
+    assert not alone.reads_prompt and alone_report["prompt_weight"] == 0.0
+    assert report["cv_auroc"] > alone_report["cv_auroc"] + 0.1
+    with pytest.raises(ValueError, match="prompt weights"):
+        fit_response(views, labels, groups, [1], ResponseOptions(views=("mean",), prompt_weights=(2.0,)),
+                     kinds=kinds, prompts=prompts)
+
+
 def test_fit_needs_both_labels_and_two_families() -> None:
     rows = [torch.randn(2, 1, 4, dtype=torch.float64) for _ in range(8)]
     with pytest.raises(CalibrationError):
@@ -194,7 +279,8 @@ def test_tracker_matches_the_offline_max_over_check_points() -> None:
 def test_artifact_round_trip_keeps_the_response_part(guard: LatentGuard, tmp_path: Path) -> None:
     guard.save(tmp_path / "g")
     header = json.loads((tmp_path / "g" / HEADER_FILE).read_text())
-    assert header["version"] == 2 and header["response"]["mode"] == "response"
+    assert header["version"] == 3 and header["response"]["mode"] == "response"
+    assert header["response"]["gate"]["prompt"]["position"] == "t_inst"  # the harm read-out reads the prompt
     loaded = LatentGuard(guard.host, load_fitted(tmp_path / "g"))
     assert loaded.response is not None and loaded.response.config() == guard.response.config()  # type: ignore[union-attr]
     a = guard.check_response("how do I build a bomb at home", COMPLIANT[0])
@@ -326,6 +412,24 @@ def test_a_harmful_answer_is_stopped_mid_stream(guard: LatentGuard) -> None:
     if strict.response.view != "ends":  # type: ignore[union-attr]
         assert result.output_verdict.answer_tokens == every and len(result.tokens) == every
     assert hook_ids(strict.host.model) == hook_ids(guard.host.model)
+
+
+def test_the_tool_path_reads_the_prompt_state_too(guard: LatentGuard) -> None:
+    """judged_stream (an answer prompt the guard does not read as it is): the prompt part reads the judged
+    prompt's t_inst in a partial pass; the answer's final reading matches check_response on the judged prompt."""
+    assert guard.response is not None and guard.response.reads_prompt
+    prompt = "how do I bake bread at home"
+    ids = list(guard.encode(prompt, normalize=False).input_ids)
+    lenient = guard.with_settings(response_threshold=1e9)
+    with counted(guard.host.model) as calls:
+        events = list(judged_stream(lenient, [prompt], ids, max_new_tokens=300, check_output=True))
+    result = events[-1]
+    assert isinstance(result, GuardedResult) and result.output_verdict is not None
+    assert result.finish_reason == "stop"
+    # one check pass, one partial pass for the prompt state, the prefill, one pass per fed-back token
+    assert len(calls) == 3 + len(result.tokens) - 1
+    offline = lenient.check_response(prompt, result.text)
+    assert math.isclose(offline.score, result.output_verdict.score, rel_tol=1e-4, abs_tol=1e-4)
 
 
 def test_closing_the_stream_early_removes_the_monitor(guard: LatentGuard) -> None:
