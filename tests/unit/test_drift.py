@@ -109,6 +109,10 @@ def test_failure_verdicts_of_a_drifted_host_carry_the_flag(guard: LatentGuard, b
     assert (response.weight_drift, response.target, response.status) == (True, "response", "error")
     cut = drifted.with_settings(max_tokens=64, on_overflow="block").check(HARMLESS[0] + " and more words" * 40)
     assert (cut.weight_drift, cut.error, cut.truncated, cut.harmful) == (True, "input_too_long", True, True)
+    from latent_guardrail.integrations.nemo.rail import _empty_outcome  # the NeMo rail's empty message
+
+    assert _empty_outcome(drifted).metadata["weight_drift"] is True
+    assert _empty_outcome(guard).metadata["weight_drift"] is False
 
 
 def test_another_model_stays_refused_with_the_flag(guard: LatentGuard, tmp_path: Path) -> None:

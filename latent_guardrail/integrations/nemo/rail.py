@@ -86,13 +86,14 @@ def rail_outcome(verdict: Verdict, *, shared_prefill: bool = False, refusal: str
     ``metadata``: ``score``, ``threshold``, ``category``, ``decided_by`` (the rule that decided), ``monitored``,
     ``layers``, ``layer_scores``, ``category_scores``,
     ``status``/``error`` (the failure policy decided), ``truncated``, ``sanitized``, ``mode``, ``fingerprint``,
+    ``weight_drift`` (the host is the guard's model with other weights),
     ``shared_prefill`` (the main LLM's answer came from this check's prefill) and ``refusal`` (the host's own
     steered refusal with ``on_block: steer``, else None).
     """
     data = verdict.model_dump(mode="json")
     metadata = {key: data[key] for key in ("score", "threshold", "category", "decided_by", "monitored", "layers",
                                            "layer_scores", "category_scores", "status", "error", "truncated",
-                                           "sanitized", "mode", "fingerprint", "target")}
+                                           "sanitized", "mode", "fingerprint", "weight_drift", "target")}
     metadata.update(shared_prefill=shared_prefill, refusal=refusal if verdict.harmful else None)
     if verdict.harmful:
         return RailOutcome.block(reason=f"latent guard: {verdict.summary()}", metadata=metadata)
@@ -263,7 +264,7 @@ def _empty_outcome(guard: LatentGuard) -> RailOutcome:
     logger.warning("latent guard rail blocked an empty message (%s)", reason, extra={"reason": reason})
     threshold = guard.threshold if math.isfinite(guard.threshold) else 0.0
     return rail_outcome(Verdict.from_failure(reason, block=True, mode=guard.mode, threshold=threshold,
-                                             fingerprint=guard.fingerprint))
+                                             fingerprint=guard.fingerprint, weight_drift=guard.weight_drift))
 
 
 def _check_steering(guard: LatentGuard) -> None:
