@@ -57,6 +57,11 @@ class ResponseScore:
     layer_scores: tuple[float, ...]
 
 
+def _project(x: torch.Tensor, midpoints: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Per-layer read-out ``(..., layers)`` of float64 states ``(..., layers, d)``: ``(x − m_l) · w_l``."""
+    return ((x - midpoints.to(_F64)) * directions.to(_F64)).sum(-1)
+
+
 @dataclass(frozen=True)
 class PromptPart:
     """The prompt's share of the harm read-out: a read-out of the prompt's state at ``t_inst`` on the scorer's
@@ -72,7 +77,7 @@ class PromptPart:
 
     def scores(self, prompt: torch.Tensor) -> torch.Tensor:
         """Per-layer raw scores ``(layers,)`` of the prompt's float64 state ``(layers, d)``."""
-        return ((prompt - self.midpoints.to(_F64)) * self.directions.to(_F64)).sum(-1)
+        return _project(prompt, self.midpoints, self.directions)
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class ResponseGate:
         """Per-row, per-layer log-odds ``(rows, layers)`` of float64 states ``(rows, layers, d)``; ``prompt``
         ``(layers, d)`` the prompt's state (required when the gate has a prompt part, ignored otherwise)."""
         a, b = self.calibration
-        raw = ((x - self.midpoints.to(_F64)) * self.directions.to(_F64)).sum(-1)
+        raw = _project(x, self.midpoints, self.directions)
         if self.prompt is not None:
             if prompt is None:
                 raise ValueError("this response scorer's harm read-out also reads the prompt's state: pass it")
@@ -145,7 +150,7 @@ class ResponseScorer:
         """Per-row, per-layer log-odds ``(rows, layers)`` of the (compliance) read-out, states ``(rows, layers, d)``."""
         x = self._checked(rows)
         a, b = self.calibration
-        return a * ((x - self.midpoints) * self.directions).sum(-1) + b
+        return a * _project(x, self.midpoints, self.directions) + b
 
     def score(self, rows: torch.Tensor, prompt: torch.Tensor | None = None) -> ResponseScore:
         """The answer's score from its view rows ``(rows, layers, d)`` (at least one row) and, when the scorer
