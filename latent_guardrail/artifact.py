@@ -2,12 +2,14 @@
 
 Schema of ``guard.json`` (format ``latent-guardrail``, version :data:`FORMAT_VERSION`)::
 
-    format, version            "latent-guardrail", 3 (versions 1, without a response part, and 2, whose response
-                               part reads the answer alone, still load)
+    format, version            "latent-guardrail", 4 (versions 1, without a response part, 2, whose response
+                               part reads the answer alone, and 3, whose pooled scorer has no category mix,
+                               still load)
     fingerprint, fingerprint_parts   host identity (model config, tokenizer, chat template, system prompt, weights)
     num_blocks, hidden_size, layer_template
     position_rule              "t_inst = last token of the last user message (sentinel + offsets)"
-    scorer                     the scorer's config(): mode, layers, threshold, categories, ...
+    scorer                     the scorer's config(): mode, layers, threshold, categories, ... (version 4: a
+                               pooled scorer's category_mix, mix_calibration, mixed_categories)
     views                      the spec (name, kind, rule) of every view the scorer reads; checked on load
     settings                   GuardSettings
     refusal_source             "behaviour" | "contrastive" | null
@@ -53,7 +55,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "save_fitted", "load_fitted", "check_fing
            "HEADER_FILE", "TENSORS_FILE"]
 
 FORMAT = "latent-guardrail"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 HEADER_FILE = "guard.json"
 TENSORS_FILE = "tensors.safetensors"
 POSITION_RULE = "t_inst = last token of the last user message (sentinel + offsets)"

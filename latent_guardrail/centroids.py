@@ -299,7 +299,18 @@ def _project(states: torch.Tensor, w: torch.Tensor, mid: torch.Tensor) -> torch.
 
 
 def _platt(z: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
-    """Class-balanced 1-D logistic fit ``p = σ(a z + b)`` by Newton's method (with a tiny ridge)."""
+    """Class-balanced 1-D logistic fit ``p = σ(a z + b)`` by Newton's method (with a tiny ridge).
+
+    The fit runs on ``z`` standardised (Newton's steps from ``a = 1`` overflow on scores of a large scale) and is
+    mapped back."""
+    center, scale = float(np.mean(z)), float(np.std(z))
+    if not np.isfinite(scale) or scale <= 0.0:
+        scale = 1.0
+    unit_a, unit_b = _platt_unit((z - center) / scale, y, iters)
+    return unit_a / scale, unit_b - unit_a * center / scale
+
+
+def _platt_unit(z: np.ndarray, y: np.ndarray, iters: int) -> tuple[float, float]:
     weights = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1))
     a, b = 1.0, 0.0
     for _ in range(iters):

@@ -13,7 +13,7 @@ positive end, as for the bundled categories), it gets its own direction against 
 that it blocks on its own score even where the overall score stays below the threshold — its own threshold
 (``GuardSettings.category_thresholds``; the ``category_threshold:NAME`` rule of
 :class:`~latent_guardrail.policy.CategoryPolicy`), set where the category flags ``category_fpr`` of the
-held-out harmless items (group 5-fold cross-validation, never below log-odds 0). The rows of a removed category
+held-out harmless items (leave-one-group-out cross-validation, never below log-odds 0). The rows of a removed category
 leave the calibration data (they are not relabelled harmless).
 
 The result's ``report["extension"]`` records what was added (the texts), removed and which base was used, so
@@ -24,7 +24,6 @@ cross-validated detection (:class:`CategoryStats`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
 import time
@@ -44,7 +43,18 @@ from .hosts import Host
 from .layers import decoder_blocks
 from .metrics import auroc, threshold_at_fpr
 from .normalize import normalize_for
-from .pooled import POOLINGS, EndLabels, PooledOptions, PooledScorer, _pooled_scores, item_rows, shrinkage_lda
+from .pooled import (
+    POOLINGS,
+    CategoryRows,
+    EndLabels,
+    PooledOptions,
+    PooledScorer,
+    Pooling,
+    _pooled_scores,
+    finish_fit,
+    item_rows,
+    shrinkage_lda,
+)
 from .positions import Prompt, PromptEncoding, encode_batch
 from .scorers import scorer_from_artifact
 from .settings import CalibrationSettings, GuardSettings
@@ -61,7 +71,6 @@ DEFAULT_CATEGORY_FPR = 0.02
 MIN_CATEGORY_ROWS = 5
 """Fewest prompts a new category needs."""
 _F64 = torch.float64
-_FOLDS = 5
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
@@ -105,7 +114,7 @@ class CategoryStats:
         items: its calibration items (plain and wrapped); ``prompts``: the plain ones.
         overall_detected: share of its items the overall rule flags in leave-one-family-out cross-validation.
         own_threshold: its own threshold (new categories), else None.
-        own_detected: share of its items its own score flags at ``own_threshold`` (group 5-fold CV).
+        own_detected: share of its items its own score flags at ``own_threshold`` (leave-one-group-out CV).
         own_harmless_flagged: share of harmless items its own score flags there (what it adds to the FPR at most).
         detected: share of its items blocked by either rule (cross-validated).
         added: the category came with the extension.
@@ -233,50 +242,6 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@dataclass(frozen=True)
-class _FoldSums:
-    """One class's rows split into parts (groups or folds): counts ``(P,)``, sums ``(P, L, d)`` and raw scatter
-    ``(P, L, d, d)`` per part and layer, with their totals (float64)."""
-
-    count: np.ndarray
-    sums: torch.Tensor
-    scatter: torch.Tensor
-
-    @classmethod
-    def of_rows(cls, x: torch.Tensor, part: np.ndarray, parts: int) -> _FoldSums:
-        """The sums of rows ``x`` ``(n, L, d)`` whose part is ``part`` ``(n,)`` (``parts`` parts)."""
-        layers, d = x.shape[1], x.shape[2]
-        count = np.bincount(part, minlength=parts).astype(float)
-        sums = torch.zeros(parts, layers, d, dtype=_F64)
-        scatter = torch.zeros(parts, layers, d, d, dtype=_F64)
-        for p in range(parts):
-            rows = x[torch.from_numpy(part == p)]
-            if rows.shape[0]:
-                sums[p] = rows.sum(0)
-                scatter[p] = torch.matmul(rows.transpose(0, 1).transpose(1, 2), rows.transpose(0, 1))
-        return cls(count, sums, scatter)
-
-    @functools.cached_property
-    def totals(self) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """Count, sums ``(L, d)`` and scatter ``(L, d, d)`` of every row."""
-        return float(self.count.sum()), self.sums.sum(0), self.scatter.sum(0)
-
-    def without(self, part: int | None, layer: int) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """Count, sums ``(d,)`` and scatter ``(d, d)`` (a new tensor) at ``layer`` of every row outside ``part``."""
-        count, sums, scatter = self.totals
-        if part is None:
-            return count, sums[layer], scatter[layer].clone()
-        return count - float(self.count[part]), sums[layer] - self.sums[part, layer], \
-            scatter[layer] - self.scatter[part, layer]
-
-
-def _two(negative: tuple[float, torch.Tensor, torch.Tensor], positive: tuple[float, torch.Tensor, torch.Tensor]
-         ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """Counts ``(2,)``, sums ``(2, d)`` and the summed scatter ``(d, d)`` of class 0 and class 1."""
-    return (np.array([negative[0], positive[0]]), torch.stack([negative[1], positive[1]]),
-            negative[2].add_(positive[2]))
-
-
 def fit_window(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np.ndarray,
                layers: Sequence[int], options: PooledOptions) -> tuple[PooledScorer, np.ndarray, dict[str, Any]]:
     """The pooled rule on every layer of ``states`` ``(R, len(layers), d)`` (one window), as
@@ -286,26 +251,24 @@ def fit_window(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups
     Returns:
         (scorer, out-of-fold calibrated prompt scores ``(n_prompts,)``, report with fit_pooled's keys).
     """
-    scorer, logit, report, _ = _fit_window(states.to(_F64), ends, labels, groups, layers, options, _FOLDS)
-    return scorer, logit, report
+    scorer, report, rows = _fit_window(states.to(_F64), ends, labels, groups, layers, options, None)
+    return scorer, rows.logit, report
 
 
 def _fit_window(x: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np.ndarray, layers: Sequence[int],
-                options: PooledOptions, folds: int
-                ) -> tuple[PooledScorer, np.ndarray, dict[str, Any], _FoldSums]:
-    """:func:`fit_window` on float64 states ``x`` ``(R, L, d)``; also returns the harmless rows' sums per fold of
-    :func:`_fold_of` (what the categories' fits start from).
+                options: PooledOptions, categories: Sequence[str | None] | None
+                ) -> tuple[PooledScorer, dict[str, Any], CategoryRows]:
+    """:func:`fit_window` on float64 states ``x`` ``(R, L, d)``, with the ``categories`` of the prompts (and so the
+    category mix) fitted as :func:`latent_guardrail.pooled.fit_pooled` fits them.
 
     The rows are sorted once by group and label, so each group's and class's rows are one slice: the per-group
-    sums, the held-out scores and the per-fold sums come from those slices without masking all rows.
+    sums and the held-out scores come from those slices without masking all rows.
     """
     n_prompts = labels.shape[0]
     if min((labels == 1).sum(), (labels == 0).sum()) < 4:
         raise CalibrationError("the pooled rule needs at least 4 harmful and 4 harmless prompts")
     _, group_index = np.unique(groups, return_inverse=True)
     n_groups = int(group_index.max()) + 1
-    group_fold = np.zeros(n_groups, dtype=int)
-    group_fold[group_index] = _fold_of(groups, folds)
     row_group = group_index[ends.prompt]
     order = np.lexsort((ends.label, row_group))                    # by group, then label -1, 0, 1
     bounds = np.searchsorted(row_group[order] * 3 + ends.label[order] + 1, np.arange(3 * n_groups + 1))
@@ -314,8 +277,6 @@ def _fit_window(x: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np
     d = x.shape[2]
     oof = np.zeros((len(gammas), ends.prompt.shape[0], len(layers)))
     finals = []
-    negative = _FoldSums(np.zeros(folds), torch.zeros(folds, len(layers), d, dtype=_F64),
-                         torch.zeros(folds, len(layers), d, d, dtype=_F64))
     for j in range(len(layers)):
         xs = x[index, j]                                            # (R, d), sorted rows
         count = np.zeros((n_groups, 2))
@@ -329,11 +290,7 @@ def _fit_window(x: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np
                 rows = xs[lo:hi]
                 count[g, c] = hi - lo
                 sums[g, c] = rows.sum(0)
-                part = rows.T @ rows
-                scatter[g] += part
-                if c == 0:
-                    negative.sums[group_fold[g], j] += sums[g, 0]
-                    negative.scatter[group_fold[g], j] += part
+                scatter[g] += rows.T @ rows
         total_count, total_sums, total_scatter = count.sum(0), sums.sum(0), scatter.sum(0)
         for g in range(n_groups):
             lo, hi = int(bounds[3 * g]), int(bounds[3 * g + 3])
@@ -343,9 +300,7 @@ def _fit_window(x: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np
             z = xs[lo:hi] @ w.T - mid @ w.T                          # (rows, k)
             oof[:, order[lo:hi], j] = z.T.numpy()
         finals.append(shrinkage_lda(total_count, total_sums.clone(), total_scatter.clone(), gammas))
-        if j == 0:
-            np.add.at(negative.count, group_fold, count[:, 0])
-    best: tuple[float, int, str, np.ndarray] | None = None
+    best: tuple[float, int, Pooling, np.ndarray] | None = None
     candidates: list[dict[str, Any]] = []
     for k, gamma in enumerate(gammas):
         rows = oof[k].mean(axis=1)
@@ -358,37 +313,10 @@ def _fit_window(x: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np
     assert best is not None
     cv_auc, k, pooling, oof_scores = best
     a, b = _platt(oof_scores, labels.astype(float))
-    logit = a * oof_scores + b
-    threshold = 0.0 if options.target_fpr is None else max(0.0, threshold_at_fpr(logit[labels == 0],
-                                                                                 options.target_fpr))
     dirs = torch.stack([finals[j][0][k] for j in range(len(layers))])
     mids = torch.stack([finals[j][1] for j in range(len(layers))])
-    scorer = PooledScorer(list(layers), dirs, mids, (a, b), threshold, pooling=pooling, shrinkage=gammas[k])
-    by_group = {}
-    for g in np.unique(groups):
-        mask = groups == g
-        by_group[str(g)] = {"n": int(mask.sum()), "harmful": int((labels[mask] == 1).sum()),
-                            "flagged": float((logit[mask] >= threshold).mean())}
-    report = {"cv": "leave-one-group-out", "groups": n_groups, "cv_auroc": cv_auc, "shrinkage": gammas[k],
-              "pooling": pooling, "layers": list(layers),
-              "candidates_top": sorted(candidates, key=lambda c: -float(c["auroc"]))[:10],
-              "heldout_detect_rate": float((logit[labels == 1] >= threshold).mean()),
-              "heldout_pass_rate": float((logit[labels == 0] < threshold).mean()), "heldout_by_group": by_group}
-    return scorer, logit, report, negative
-
-
-def _z(states: torch.Tensor, directions: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of ``(h − m) · w`` for rows ``(R, layers, d)``: ``(R,)`` (one matrix-vector product over the
-    rows, no ``(R, layers, d)`` temporary)."""
-    flat = states.to(_F64).reshape(states.shape[0], -1)
-    return (flat @ directions.reshape(-1) - (midpoints * directions).sum()) / directions.shape[0]
-
-
-def _fold_of(groups: np.ndarray, folds: int) -> np.ndarray:
-    """Each group (family) assigned to one of ``folds`` folds, round robin over the sorted group names."""
-    names = sorted(set(groups.tolist()))
-    index = {name: i % folds for i, name in enumerate(names)}
-    return np.array([index[g] for g in groups.tolist()])
+    return finish_fit(x, ends, labels, groups, layers, range(len(layers)), gammas[k], pooling, (a, b), dirs, mids,
+                      a * oof[k].mean(axis=1) + b, cv_auc, candidates, categories, options)
 
 
 # ----------------------------------------------------------------------------------------------- extension
@@ -444,18 +372,13 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
                             min_layer=min(layers), max_layer=max(layers))
     with _torch_threads(threads):
         x = states.to(_F64)
-        overall, oof, pooled_report, negative = _fit_window(x, ends, labels, groups, layers, options, _FOLDS)
+        scorer, pooled_report, category_rows = _fit_window(
+            x, ends, labels, groups, layers, options, [item.category if item.harmful else None for item in items])
         if recipe.threshold is not None:
-            overall.threshold = float(recipe.threshold)
-        stats, cat_names, cat_dirs, cat_mids, cat_cal, own = _fit_categories(
-            x, ends, items, labels, groups, overall, oof, negative, added=added, category_fpr=category_fpr)
-    empty = torch.zeros(0, *overall.directions.shape, dtype=_F64)
-    scorer = PooledScorer(overall.layers, overall.directions, overall.midpoints, overall.calibration,
-                          overall.threshold, pooling=overall.pooling, categories=cat_names,
-                          category_directions=torch.stack(cat_dirs) if cat_dirs else empty,
-                          category_midpoints=torch.stack(cat_mids) if cat_mids else empty,
-                          category_calibration=torch.stack(cat_cal) if cat_cal else torch.zeros(0, 2, dtype=_F64),
-                          shrinkage=overall.shrinkage)
+            scorer.threshold = float(recipe.threshold)
+        stats, own = _category_stats(x, ends, items, labels, scorer, category_rows, added=added,
+                                     category_fpr=category_fpr)
+    cat_names = list(scorer.categories)
     rebuilt = scorer_from_artifact(scorer.config(), scorer.to_tensors(), base.centroids)
     removed = set(extension.removed)
     thresholds = {name: value for name, value in guard.category_thresholds.items()
@@ -487,74 +410,35 @@ def extend_fitted(host: Host, base: FittedGuard, items: Sequence[CalibrationItem
                        response=base.response)                     # a response part is kept as it is
 
 
-def _category_directions(negative: _FoldSums, positive: _FoldSums, gamma: float, without: int | None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Directions and midpoints ``(L, d)`` of the positive rows (class 1) against the negative rows (class 0),
-    leaving fold ``without`` out of both (None: none)."""
-    pairs = [shrinkage_lda(*_two(negative.without(without, j), positive.without(without, j)), [gamma])
-             for j in range(negative.sums.shape[1])]
-    return torch.stack([w[0] for w, _ in pairs]), torch.stack([m for _, m in pairs])
+def _category_stats(x: torch.Tensor, ends: EndLabels, items: Sequence[CalibrationItem], labels: np.ndarray,
+                    scorer: PooledScorer, rows: CategoryRows, *, added: Sequence[str], category_fpr: float
+                    ) -> tuple[dict[str, CategoryStats], dict[str, float]]:
+    """Each category's cross-validated detection, and own thresholds for the ``added`` ones: where the category's
+    out-of-fold score (``rows``, leave-one-group-out) at each prompt's decisive end flags ``category_fpr`` of
+    the harmless items.
 
-
-def _fit_categories(x: torch.Tensor, ends: EndLabels, items: Sequence[CalibrationItem], labels: np.ndarray,
-                    groups: np.ndarray, overall: PooledScorer, oof: np.ndarray, negative: _FoldSums, *,
-                    added: Sequence[str], category_fpr: float
-                    ) -> tuple[dict[str, CategoryStats], list[str], list[torch.Tensor], list[torch.Tensor],
-                               list[torch.Tensor], dict[str, float]]:
-    """Per category (as :func:`latent_guardrail.pooled.fit_pooled` fits them: its positive ends against every
-    harmless end, shrinkage of the overall rule, Platt on those rows); own thresholds for ``added`` ones.
-
-    ``x``: float64 states ``(R, L, d)``; ``negative``: the harmless rows' sums per fold of :func:`_fold_of`
-    (from :func:`_fit_window`), so only each category's own rows are summed here.
+    ``x``: float64 states ``(R, L, d)``; the decisive end of a prompt is its best-scoring end under ``scorer``.
     """
-    row_cat = np.array([items[p].category or "" if items[p].harmful else "" for p in ends.prompt], dtype=object)
-    is_negative = ends.label == 0
-    gamma = overall.shrinkage
-    n_items = len(items)
-    a_all, b_all = overall.calibration
-    slot = a_all * _z(x, overall.directions, overall.midpoints).numpy() + b_all     # (R,) overall row scores
+    slot = torch.cat([scorer.slot_scores(part.unsqueeze(1)).mean(-1)[:, 0] for part in x.split(4096)]).numpy()
     order = np.lexsort((-slot, ends.prompt))                                     # by prompt, best row first
     first = np.ones(order.shape[0], dtype=bool)
     first[1:] = ends.prompt[order][1:] != ends.prompt[order][:-1]
-    decisive = np.full(n_items, -1)
+    decisive = np.full(len(items), -1)
     decisive[ends.prompt[order][first]] = order[first]                            # the decisive end per prompt
     cats = np.array([item.category or "" if item.harmful else "" for item in items], dtype=object)
-    fold_rows = _fold_of(groups, _FOLDS)[ends.prompt]
-    names, dirs, mids, cals = [], [], [], []
+    flagged_overall = rows.logit >= scorer.threshold
+    harmless = labels == 0
     own: dict[str, float] = {}
     stats: dict[str, CategoryStats] = {}
-    threshold = overall.threshold
-    flagged_overall = oof >= threshold
-    for name in sorted({c for c in cats if c}):
-        positive = (ends.label == 1) & (row_cat == name)
+    for c, name in enumerate(rows.names):
         members = cats == name
         n_plain = sum(1 for i in np.flatnonzero(members).tolist() if items[i].group.startswith("src:"))
-        if positive.sum() < 2:
-            continue
-        new = name in added
-        rows = x[torch.from_numpy(positive)]                                       # (n, L, d)
-        pos = _FoldSums.of_rows(rows, fold_rows[positive] if new else np.zeros(rows.shape[0], dtype=int),
-                                _FOLDS if new else 1)
-        cdir, cmid = _category_directions(negative, pos, gamma, None)
-        mask = positive | is_negative
-        a, b = _platt(_z(x, cdir, cmid).numpy()[mask], positive[mask].astype(float))
-        names.append(name)
-        dirs.append(cdir)
-        mids.append(cmid)
-        cals.append(torch.tensor([a, b], dtype=_F64))
         overall_rate = float(flagged_overall[members].mean())
-        if not new:
+        if name not in added:
             stats[name] = CategoryStats(prompts=n_plain, items=int(members.sum()), overall_detected=overall_rate,
                                         detected=overall_rate)
             continue
-        oof_rows = np.zeros(x.shape[0])
-        for f in range(_FOLDS):
-            test = fold_rows == f
-            if test.any():
-                fdir, fmid = _category_directions(negative, pos, gamma, f)
-                oof_rows[test] = _z(x[torch.from_numpy(test)], fdir, fmid).numpy()
-        scores = a * oof_rows[decisive] + b                                  # (items,) at each decisive end
-        harmless = labels == 0
+        scores = rows.rows[c][decisive]                                          # (items,) at each decisive end
         own_threshold = max(0.0, threshold_at_fpr(scores[harmless], category_fpr))
         own[name] = own_threshold
         own_flag = scores >= own_threshold
@@ -563,4 +447,4 @@ def _fit_categories(x: torch.Tensor, ends: EndLabels, items: Sequence[Calibratio
             detected=float((flagged_overall | own_flag)[members].mean()), own_threshold=own_threshold,
             own_detected=float(own_flag[members].mean()), own_harmless_flagged=float(own_flag[harmless].mean()),
             added=True)
-    return stats, names, dirs, mids, cals, own
+    return stats, own

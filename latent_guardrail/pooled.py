@@ -35,7 +35,8 @@ from .metrics import auroc, threshold_at_fpr
 from .positions import PromptEncoding
 from .views import VIEWS
 
-__all__ = ["EndLabels", "PooledOptions", "PooledScorer", "Pooling", "fit_pooled", "item_rows", "shrinkage_lda"]
+__all__ = ["EndLabels", "PooledOptions", "PooledScorer", "Pooling", "fit_pooled", "item_rows", "finish_fit",
+           "CategoryRows", "shrinkage_lda"]
 
 _F64 = torch.float64
 Pooling = Literal["max", "mix"]
@@ -56,9 +57,14 @@ class PooledScorer:
     """Shrinkage-LDA per layer on the clause-end states, pooled over the ends, Platt-calibrated.
 
     Slot score ``s_k = a · mean_l z_kl + b`` with ``z_kl = (h_kl − m_l) · w_l``; the prompt's score pools the
-    ``s_k`` (``max``, or ``mix`` = mean of the max and the last end's). ``layer_scores`` are ``a · z_l + b`` at
-    the decisive end (their mean is that end's score); category ``c`` has its own directions and calibration,
-    read at the decisive end.
+    ``s_k`` (``max``, or ``mix`` = mean of the max and the last end's). Category ``c`` has its own directions and
+    calibration (``t_kc = a_c · mean_l z^c_kl + b_c``), read at the decisive end.
+
+    **Category mix** (``category_mix`` λ > 0): harm is not one direction — a request can be plainly harmful along
+    its own category's read-out and mild along the overall one — so an end's score also takes the best of the
+    ``mixed_categories``: ``s_k = A · ((1 − λ) (a · mean_l z_kl + b) + λ · max_c t_kc) + B`` (``mix_calibration``
+    = (A, B)). λ = 0 is the plain rule. ``layer_scores`` are the same sum per layer at the decisive end (with the
+    category that won there), so their mean is that end's score.
     """
 
     mode = "pooled"
@@ -68,7 +74,8 @@ class PooledScorer:
                  calibration: tuple[float, float], threshold: float, *, pooling: str = "max",
                  categories: Sequence[str] = (), category_directions: torch.Tensor | None = None,
                  category_midpoints: torch.Tensor | None = None, category_calibration: torch.Tensor | None = None,
-                 shrinkage: float = 0.5, views: Sequence[str] = ("clause_ends",)) -> None:
+                 shrinkage: float = 0.5, views: Sequence[str] = ("clause_ends",), category_mix: float = 0.0,
+                 mix_calibration: tuple[float, float] = (1.0, 0.0), mixed_categories: Sequence[str] = ()) -> None:
         self.layers = tuple(int(x) for x in layers)
         self.views = tuple(views)
         self.directions = directions.to(_F64)          # (layers, d)
@@ -85,12 +92,31 @@ class PooledScorer:
         self.category_calibration = (category_calibration if category_calibration is not None
                                      else torch.zeros(0, 2, dtype=_F64)).to(_F64)   # (C, 2)
         self.shrinkage = float(shrinkage)
+        self.category_mix = float(category_mix)
+        self.mix_calibration = (float(mix_calibration[0]), float(mix_calibration[1]))
+        self.mixed_categories = tuple(mixed_categories)
+
+    def _category_layers(self, x: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
+        """Calibrated per-layer read-outs ``a_c · z^c_l + b_c`` ``(..., len(index), layers)`` of the categories at
+        ``index``, for states ``(..., layers, d)``."""
+        chosen = list(index)
+        dirs, mids = self.category_directions[chosen], self.category_midpoints[chosen]          # (M, L, d)
+        z = torch.einsum("...ld,mld->...ml", x, dirs) - (mids * dirs).sum(-1)                  # (..., M, L)
+        cal = self.category_calibration[chosen]
+        return cal[:, 0, None] * z + cal[:, 1, None]
 
     def slot_scores(self, states: torch.Tensor) -> torch.Tensor:
         """Per-end, per-layer log-odds ``(n, width, layers)`` of states ``(n, width, layers, d)``."""
         x = _check(states, len(self.layers), self.directions.shape[-1])
         a, b = self.calibration
-        return a * ((x - self.midpoints) * self.directions).sum(-1) + b
+        overall = a * ((x - self.midpoints) * self.directions).sum(-1) + b                   # (n, K, L)
+        if self.category_mix <= 0.0:
+            return overall
+        per_cat = self._category_layers(x, [self.categories.index(c) for c in self.mixed_categories])  # (n, K, M, L)
+        best = per_cat.mean(-1).argmax(-1, keepdim=True)                                      # (n, K, 1)
+        won = torch.take_along_dim(per_cat, best[..., None], dim=2).squeeze(2)               # (n, K, L)
+        big_a, big_b = self.mix_calibration
+        return big_a * ((1.0 - self.category_mix) * overall + self.category_mix * won) + big_b
 
     def score(self, states: torch.Tensor) -> ScoreOutput:
         x = _check(states, len(self.layers), self.directions.shape[-1])
@@ -102,10 +128,7 @@ class PooledScorer:
         else:
             layer_scores = (per[rows, arg] + per[:, -1]) / 2.0
         if self.categories:
-            at = x[rows, arg]                                                  # (n, L, d)
-            zc = ((at.unsqueeze(1) - self.category_midpoints) * self.category_directions).sum(-1).mean(-1)  # (n, C)
-            cal = self.category_calibration
-            cats = cal[:, 0] * zc + cal[:, 1]
+            cats = self._category_layers(x[rows, arg], range(len(self.categories))).mean(-1)   # (n, C)
         else:
             cats = torch.zeros(x.shape[0], 0, dtype=_F64)
         return ScoreOutput(pooled, layer_scores, cats, slot=arg)
@@ -120,7 +143,9 @@ class PooledScorer:
     def config(self) -> dict[str, Any]:
         return {"mode": self.mode, "layers": list(self.layers), "views": list(self.views),
                 "threshold": self.threshold, "categories": list(self.categories), "pooling": self.pooling,
-                "calibration": list(self.calibration), "shrinkage": self.shrinkage}
+                "calibration": list(self.calibration), "shrinkage": self.shrinkage,
+                "category_mix": self.category_mix, "mix_calibration": list(self.mix_calibration),
+                "mixed_categories": list(self.mixed_categories)}
 
     def validate(self, hidden_size: int) -> None:
         """Views, pooling and the shapes of every tensor fit (ValueError otherwise)."""
@@ -133,7 +158,13 @@ class PooledScorer:
                   "category_directions": (self.category_directions, (c, k, d)),
                   "category_midpoints": (self.category_midpoints, (c, k, d)),
                   "category_calibration": (self.category_calibration, (c, 2))}
-        check_scorer_tensors(self.tensor_prefix, shapes, [self.threshold, *self.calibration])
+        if not 0.0 <= self.category_mix <= 1.0:
+            raise ValueError(f"category_mix must be in [0, 1], got {self.category_mix}")
+        if any(name not in self.categories for name in self.mixed_categories) or (
+                self.category_mix > 0.0 and not self.mixed_categories):
+            raise ValueError(f"mixed_categories must be some of the categories {self.categories}, "
+                             f"got {self.mixed_categories}")
+        check_scorer_tensors(self.tensor_prefix, shapes, [self.threshold, *self.calibration, *self.mix_calibration])
 
     @classmethod
     def from_tensors(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
@@ -145,7 +176,10 @@ class PooledScorer:
                    categories=config.get("categories", []), category_directions=tensors[f"{p}category_directions"],
                    category_midpoints=tensors[f"{p}category_midpoints"],
                    category_calibration=tensors[f"{p}category_calibration"],
-                   shrinkage=float(config.get("shrinkage", 0.5)), views=config.get("views", ["clause_ends"]))
+                   shrinkage=float(config.get("shrinkage", 0.5)), views=config.get("views", ["clause_ends"]),
+                   category_mix=float(config.get("category_mix", 0.0)),
+                   mix_calibration=tuple(config.get("mix_calibration", (1.0, 0.0))),
+                   mixed_categories=config.get("mixed_categories", []))
 
 
 def _check(states: torch.Tensor, layers: int, d: int) -> torch.Tensor:
@@ -192,6 +226,8 @@ class PooledOptions:
             below log-odds 0); None puts it at 0.
         max_layer: read no layer above this (lets early exit pay).
         min_layer: read no layer below this.
+        category_mixes: candidate weights λ of the best category read-out in an end's score (0: the overall
+            read-out alone); a λ > 0 is kept only when it raises the cross-validated AUROC.
     """
 
     num_layers: int = 4
@@ -200,6 +236,7 @@ class PooledOptions:
     target_fpr: float | None = 0.05
     max_layer: int | None = None
     min_layer: int = 1
+    category_mixes: tuple[float, ...] = (0.0, 0.5)
 
 
 def shrinkage_lda(count: np.ndarray, sums: torch.Tensor, scatter: torch.Tensor, gammas: Sequence[float]
@@ -355,63 +392,145 @@ def fit_pooled(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups
     cv_auc, k, start, pooling, oof_scores = best
     chosen = allowed[start:start + window]
     a, b = _platt(oof_scores, labels.astype(float))
-    logit = a * oof_scores + b
-    threshold = 0.0 if opts.target_fpr is None else max(0.0, threshold_at_fpr(logit[labels == 0], opts.target_fpr))
     dirs = torch.stack([finals[i][0][k] for i in chosen])
     mids = torch.stack([finals[i][1] for i in chosen])
-    cat_names, cat_dirs, cat_mids, cat_cal = _fit_categories(states, ends, labels, categories, chosen, gammas[k])
-    empty = torch.zeros(0, *dirs.shape, dtype=_F64)
-    scorer = PooledScorer([layers[i] for i in chosen], dirs, mids, (a, b), threshold, pooling=pooling,
+    overall_rows = a * oof[k, :, start:start + window].mean(axis=1) + b               # (R,) out-of-fold
+    scorer, report, _ = finish_fit(states, ends, labels, groups, layers, chosen, gammas[k], pooling, (a, b), dirs, mids,
+                                   overall_rows, cv_auc, candidates, categories, opts)
+    return scorer, report
+
+
+@dataclass(frozen=True)
+class CategoryRows:
+    """Out-of-fold calibrated category scores of every clause-end row, ``rows`` ``(C, R)``, one per ``names``,
+    and the prompts' out-of-fold calibrated scores ``logit`` ``(n_prompts,)`` of the fitted rule."""
+
+    names: list[str]
+    rows: np.ndarray
+    logit: np.ndarray
+
+
+def finish_fit(states: torch.Tensor, ends: EndLabels, labels: np.ndarray, groups: np.ndarray, layers: Sequence[int],
+               chosen: Sequence[int], gamma: float, pooling: Pooling, calibration: tuple[float, float],
+               directions: torch.Tensor, midpoints: torch.Tensor, overall_rows: np.ndarray, cv_auc: float,
+               candidates: list[dict[str, Any]], categories: Sequence[str | None] | None, options: PooledOptions
+               ) -> tuple[PooledScorer, dict[str, Any], CategoryRows]:
+    """The pooled rule once its overall read-out is chosen: the categories (leave-one-group-out, as the overall
+    read-out), the category mix chosen by cross-validated AUROC, the Platt calibration and the threshold, and the
+    fit's report.
+
+    Args:
+        states: ``(R, len(layers), d)``; ``chosen``: the indices into ``layers`` of the overall read-out's window.
+        overall_rows: ``(R,)`` the overall read-out's out-of-fold calibrated row scores (its Platt ``calibration``
+            fitted on their pooled prompt scores, whose AUROC is ``cv_auc``).
+        candidates: the overall read-outs tried (for the report).
+    """
+    n_prompts = labels.shape[0]
+    _, group_index = np.unique(groups, return_inverse=True)
+    n_groups = int(group_index.max()) + 1
+    row_group = group_index[ends.prompt]
+    cat_names, cat_dirs, cat_mids, cat_cal, cat_rows = _fit_categories(states, ends, row_group, n_groups, categories,
+                                                                       list(chosen), gamma)
+    logit = _pooled_scores(overall_rows, ends.prompt, ends.last, n_prompts, pooling)
+    mix, mix_cal, mixes, best_value = 0.0, (1.0, 0.0), [], cv_auc
+    if cat_rows.shape[0]:
+        best_rows = cat_rows.max(axis=0)
+        for lam in options.category_mixes:
+            mixed = _pooled_scores((1.0 - lam) * overall_rows + lam * best_rows, ends.prompt, ends.last, n_prompts,
+                                   pooling)
+            value = auroc(mixed[labels == 1], mixed[labels == 0]) or 0.5
+            mixes.append({"category_mix": lam, "auroc": value})
+            if lam > 0.0 and value > best_value + 1e-4:
+                best_value, mix = value, lam
+                mix_cal = _platt(mixed, labels.astype(float))
+                logit = mix_cal[0] * mixed + mix_cal[1]
+    threshold = 0.0 if options.target_fpr is None else max(0.0, threshold_at_fpr(logit[labels == 0],
+                                                                                 options.target_fpr))
+    empty = torch.zeros(0, *directions.shape, dtype=_F64)
+    scorer = PooledScorer([layers[i] for i in chosen], directions, midpoints, calibration, threshold, pooling=pooling,
                           categories=cat_names, category_directions=torch.stack(cat_dirs) if cat_dirs else empty,
                           category_midpoints=torch.stack(cat_mids) if cat_mids else empty,
                           category_calibration=torch.stack(cat_cal) if cat_cal else torch.zeros(0, 2, dtype=_F64),
-                          shrinkage=gammas[k])
+                          shrinkage=gamma, category_mix=mix, mix_calibration=mix_cal,
+                          mixed_categories=cat_names if mix > 0.0 else ())
     by_group = {}
     for g in np.unique(groups):
         mask = groups == g
         by_group[str(g)] = {"n": int(mask.sum()), "harmful": int((labels[mask] == 1).sum()),
                             "flagged": float((logit[mask] >= threshold).mean())}
     report = {
-        "cv": "leave-one-group-out", "groups": n_groups, "cv_auroc": cv_auc, "shrinkage": gammas[k],
-        "pooling": pooling, "layers": list(scorer.layers),
-        "candidates_top": sorted(candidates, key=lambda c: -c["auroc"])[:10],
+        "cv": "leave-one-group-out", "groups": n_groups, "cv_auroc": best_value, "shrinkage": gamma,
+        "pooling": pooling, "layers": list(scorer.layers), "overall_cv_auroc": cv_auc,
+        "category_mix": mix, "category_mix_candidates": mixes,
+        "candidates_top": sorted(candidates, key=lambda c: -float(c["auroc"]))[:10],
         "heldout_detect_rate": float((logit[labels == 1] >= threshold).mean()),
         "heldout_pass_rate": float((logit[labels == 0] < threshold).mean()),
         "heldout_by_group": by_group,
     }
-    return scorer, report
+    return scorer, report, CategoryRows(cat_names, cat_rows, logit)
 
 
-def _fit_categories(states: torch.Tensor, ends: EndLabels, labels: np.ndarray,
+_MAX_SLOPE = 50.0
+"""Largest Platt slope per standard deviation of the scores accepted for a category's out-of-fold calibration."""
+
+
+def _fit_categories(states: torch.Tensor, ends: EndLabels, row_group: np.ndarray, n_groups: int,
                     categories: Sequence[str | None] | None, chosen: list[int], gamma: float
-                    ) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """Per risk category: directions of its harmful ends against every harmless end, Platt on those rows."""
+                    ) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], np.ndarray]:
+    """Per risk category: directions of its harmful ends against every harmless end (layers ``chosen``,
+    shrinkage ``gamma``), Platt on those rows' leave-one-group-out scores; also every row's out-of-fold score per
+    category, so calibrated, ``(C, R)`` (what the category mix is chosen on). Where the out-of-fold scores give
+    no sane calibration (slope not positive, or above ``_MAX_SLOPE`` per standard deviation: few rows, a small
+    host), the Platt fit is on the full fit's scores instead.
+
+    The harmless rows' per-group sums are formed once per layer and shared by every category.
+    """
     names: list[str] = []
     dirs: list[torch.Tensor] = []
     mids: list[torch.Tensor] = []
     cals: list[torch.Tensor] = []
     if not categories:
-        return names, dirs, mids, cals
+        return names, dirs, mids, cals, np.zeros((0, ends.prompt.shape[0]))
     row_cat = np.array([categories[p] if categories[p] is not None else "" for p in ends.prompt], dtype=object)
     negative = ends.label == 0
-    for name in sorted({c for c in categories if c}):
+    chosen_names = [name for name in sorted({c for c in categories if c})
+                    if ((ends.label == 1) & (row_cat == name)).sum() >= 2]
+    z = np.zeros((len(chosen_names), ends.prompt.shape[0]))                # out-of-fold, mean over layers
+    fitted = np.zeros_like(z)                                              # the full fit's, mean over layers
+    per_layer: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in chosen_names]
+    for i in chosen:
+        x = states[:, i].to(_F64)
+        harmless = _Scatter(x[torch.from_numpy(negative)], np.zeros(int(negative.sum()), dtype=int),
+                            row_group[negative], n_groups)
+        for c, name in enumerate(chosen_names):
+            positive = (ends.label == 1) & (row_cat == name)
+            own = _Scatter(x[torch.from_numpy(positive)], np.ones(int(positive.sum()), dtype=int),
+                           row_group[positive], n_groups)
+            scatter = _Scatter.from_sums(harmless.count + own.count, harmless.sums + own.sums,
+                                         harmless.scatter + own.scatter)
+            full, full_mid = scatter.directions([gamma], None)
+            per_layer[c].append((full[0], full_mid))
+            fitted[c] += ((x - full_mid) @ full[0]).numpy() / len(chosen)
+            for g in range(n_groups):
+                test = row_group == g
+                if not test.any():
+                    continue
+                # a group holding all but one of the category's rows (or of the harmless ones) cannot be left out:
+                # its rows are scored by the full fit
+                ws, mid = scatter.directions([gamma], g) if min(scatter.total_count - scatter.count[g]) >= 2 \
+                    else (full, full_mid)
+                z[c, test] += ((x[torch.from_numpy(test)] - mid) @ ws[0]).numpy() / len(chosen)
+    rows = np.zeros_like(z)
+    for c, name in enumerate(chosen_names):
         positive = (ends.label == 1) & (row_cat == name)
-        if positive.sum() < 2:
-            continue
         mask = positive | negative
-        y = positive[mask].astype(int)
-        layer_dirs, layer_mids = [], []
-        for i in chosen:
-            x = states[torch.from_numpy(mask), i].to(_F64)
-            scatter = _Scatter(x, y, np.zeros(len(y), dtype=int), 1)
-            ws, mid = scatter.directions([gamma], None)
-            layer_dirs.append(ws[0])
-            layer_mids.append(mid)
-        cdir, cmid = torch.stack(layer_dirs), torch.stack(layer_mids)
-        x = states[torch.from_numpy(mask)][:, chosen].to(_F64)
-        z = ((x - cmid) * cdir).sum(-1).mean(-1).numpy()
+        a, b = _platt(z[c][mask], positive[mask].astype(float))
+        if not a > 0.0 or abs(a) * float(np.std(z[c][mask])) > _MAX_SLOPE:   # degenerate out-of-fold scores
+            a, b = _platt(fitted[c][mask], positive[mask].astype(float))
+        rows[c] = a * z[c] + b
         names.append(name)
-        dirs.append(cdir)
-        mids.append(cmid)
-        cals.append(torch.tensor(_platt(z, y.astype(float)), dtype=_F64))
-    return names, dirs, mids, cals
+        dirs.append(torch.stack([w for w, _ in per_layer[c]]))
+        mids.append(torch.stack([m for _, m in per_layer[c]]))
+        cals.append(torch.tensor([a, b], dtype=_F64))
+    return names, dirs, mids, cals, rows
+

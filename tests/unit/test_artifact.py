@@ -121,7 +121,7 @@ def test_artifact_folder_is_small_and_holds_two_files(mode: str, saved: dict[str
     size = sum(p.stat().st_size for p in saved[mode].iterdir())
     assert size < 64 * 1024  # a few (layers, d=32) float32 tensors and a JSON header
     header = json.loads((saved[mode] / HEADER_FILE).read_text(encoding="utf-8"))
-    assert header["format"] == "latent-guardrail" and header["version"] == 3  # 3: the response part reads the prompt
+    assert header["format"] == "latent-guardrail" and header["version"] == 4  # 4: the pooled scorer mixes in categories
     assert header["categories"] == sorted(CATEGORIES)
 
 

@@ -279,7 +279,7 @@ def test_tracker_matches_the_offline_max_over_check_points() -> None:
 def test_artifact_round_trip_keeps_the_response_part(guard: LatentGuard, tmp_path: Path) -> None:
     guard.save(tmp_path / "g")
     header = json.loads((tmp_path / "g" / HEADER_FILE).read_text())
-    assert header["version"] == 3 and header["response"]["mode"] == "response"
+    assert header["version"] == 4 and header["response"]["mode"] == "response"
     assert header["response"]["gate"]["prompt"]["position"] == "t_inst"  # the harm read-out reads the prompt
     loaded = LatentGuard(guard.host, load_fitted(tmp_path / "g"))
     assert loaded.response is not None and loaded.response.config() == guard.response.config()  # type: ignore[union-attr]
