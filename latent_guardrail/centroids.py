@@ -311,15 +311,18 @@ def _platt(z: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]
 
 
 def _platt_unit(z: np.ndarray, y: np.ndarray, iters: int) -> tuple[float, float]:
+    """:func:`_platt` on standardised scores; a tiny ridge on both parameters and Newton steps of at most 5, so
+    separable classes (whose fit has no finite optimum) end at a large but finite slope."""
     weights = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1))
     a, b = 1.0, 0.0
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -500.0, 500.0)))
         g = weights * (p - y)
-        grad = np.array([(g * z).sum() + 1e-4 * a, g.sum()])
+        grad = np.array([(g * z).sum() + 1e-4 * a, g.sum() + 1e-4 * b])
         s = weights * p * (1 - p)
-        hess = np.array([[(s * z * z).sum() + 1e-4, (s * z).sum()], [(s * z).sum(), s.sum() + 1e-9]])
+        hess = np.array([[(s * z * z).sum() + 1e-4, (s * z).sum()], [(s * z).sum(), s.sum() + 1e-4]])
         step = np.linalg.solve(hess, grad)
+        step *= min(1.0, 5.0 / max(float(np.abs(step).max()), 1e-300))
         a, b = a - step[0], b - step[1]
         if np.abs(step).max() < 1e-10:
             break
