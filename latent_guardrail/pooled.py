@@ -35,8 +35,8 @@ from .metrics import auroc, threshold_at_fpr
 from .positions import PromptEncoding
 from .views import VIEWS
 
-__all__ = ["EndLabels", "PooledOptions", "PooledScorer", "Pooling", "fit_pooled", "item_rows", "finish_fit",
-           "CategoryRows", "shrinkage_lda"]
+__all__ = ["CategoryRows", "EndLabels", "PooledOptions", "PooledScorer", "Pooling", "finish_fit", "fit_pooled",
+           "item_rows", "shrinkage_lda"]
 
 _F64 = torch.float64
 Pooling = Literal["max", "mix"]
