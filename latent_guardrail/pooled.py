@@ -498,28 +498,36 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, row_group: np.ndarray
     z = np.zeros((len(chosen_names), ends.prompt.shape[0]))                # out-of-fold, mean over layers
     fitted = np.zeros_like(z)                                              # the full fit's, mean over layers
     per_layer: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in chosen_names]
+    group_rows = [torch.from_numpy(np.flatnonzero(row_group == g)) for g in range(n_groups)]
     for i in chosen:
         x = states[:, i].to(_F64)
         harmless = _Scatter(x[torch.from_numpy(negative)], np.zeros(int(negative.sum()), dtype=int),
-                            row_group[negative], n_groups)
+                            row_group[negative], n_groups)                  # per group: class 0 only
         for c, name in enumerate(chosen_names):
             positive = (ends.label == 1) & (row_cat == name)
-            own = _Scatter(x[torch.from_numpy(positive)], np.ones(int(positive.sum()), dtype=int),
-                           row_group[positive], n_groups)
-            scatter = _Scatter.from_sums(harmless.count + own.count, harmless.sums + own.sums,
-                                         harmless.scatter + own.scatter)
-            full, full_mid = scatter.directions([gamma], None)
+            pos_rows = x[torch.from_numpy(positive)]
+            pos_group = row_group[positive]
+            count = harmless.total_count.copy()
+            count[1] = pos_rows.shape[0]
+            sums = harmless.total_sums.clone()
+            sums[1] = pos_rows.sum(0)
+            scatter = harmless.total_scatter[0] + pos_rows.T @ pos_rows                        # (d, d) both classes
+            full, full_mid = shrinkage_lda(count, sums.clone(), scatter.clone(), [gamma])
             per_layer[c].append((full[0], full_mid))
             fitted[c] += ((x - full_mid) @ full[0]).numpy() / len(chosen)
             for g in range(n_groups):
-                test = row_group == g
-                if not test.any():
+                if not group_rows[g].numel():
                     continue
+                own = pos_rows[torch.from_numpy(pos_group == g)]
+                left = count - np.array([harmless.count[g, 0], own.shape[0]])
                 # a group holding all but one of the category's rows (or of the harmless ones) cannot be left out:
                 # its rows are scored by the full fit
-                ws, mid = scatter.directions([gamma], g) if min(scatter.total_count - scatter.count[g]) >= 2 \
-                    else (full, full_mid)
-                z[c, test] += ((x[torch.from_numpy(test)] - mid) @ ws[0]).numpy() / len(chosen)
+                if min(left) >= 2:
+                    ws, mid = shrinkage_lda(left, sums - torch.stack([harmless.sums[g, 0], own.sum(0)]),
+                                            scatter - harmless.scatter[g, 0] - own.T @ own, [gamma])
+                else:
+                    ws, mid = full, full_mid
+                z[c, group_rows[g].numpy()] += ((x[group_rows[g]] - mid) @ ws[0]).numpy() / len(chosen)
     rows = np.zeros_like(z)
     for c, name in enumerate(chosen_names):
         positive = (ends.label == 1) & (row_cat == name)
