@@ -290,16 +290,6 @@ class _Scatter:
                 if rows.shape[0]:
                     sums[g, c] = rows.sum(0)
                     scatter[g, c] = rows.T @ rows
-        self._set(count, sums, scatter)
-
-    @classmethod
-    def from_sums(cls, count: np.ndarray, sums: torch.Tensor, scatter: torch.Tensor) -> _Scatter:
-        """From per-group counts ``(G, 2)``, sums ``(G, 2, d)`` and scatter matrices ``(G, 2, d, d)``."""
-        out = cls.__new__(cls)
-        out._set(count, sums, scatter)
-        return out
-
-    def _set(self, count: np.ndarray, sums: torch.Tensor, scatter: torch.Tensor) -> None:
         self.count, self.sums, self.scatter = count, sums, scatter
         self.total_count = count.sum(0)
         self.total_sums = sums.sum(0)
@@ -493,10 +483,9 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, row_group: np.ndarray
         return names, dirs, mids, cals, np.zeros((0, ends.prompt.shape[0]))
     row_cat = np.array([categories[p] if categories[p] is not None else "" for p in ends.prompt], dtype=object)
     negative = ends.label == 0
-    chosen_names = [name for name in sorted({c for c in categories if c})
-                    if ((ends.label == 1) & (row_cat == name)).sum() >= 2]
+    positives = {name: (ends.label == 1) & (row_cat == name) for name in sorted({c for c in categories if c})}
+    chosen_names = [name for name, positive in positives.items() if positive.sum() >= 2]
     z = np.zeros((len(chosen_names), ends.prompt.shape[0]))                # out-of-fold, mean over layers
-    fitted = np.zeros_like(z)                                              # the full fit's, mean over layers
     per_layer: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in chosen_names]
     group_rows = [torch.from_numpy(np.flatnonzero(row_group == g)) for g in range(n_groups)]
     for i in chosen:
@@ -504,7 +493,7 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, row_group: np.ndarray
         harmless = _Scatter(x[torch.from_numpy(negative)], np.zeros(int(negative.sum()), dtype=int),
                             row_group[negative], n_groups)                  # per group: class 0 only
         for c, name in enumerate(chosen_names):
-            positive = (ends.label == 1) & (row_cat == name)
+            positive = positives[name]
             pos_rows = x[torch.from_numpy(positive)]
             pos_group = row_group[positive]
             count = harmless.total_count.copy()
@@ -514,7 +503,6 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, row_group: np.ndarray
             scatter = harmless.total_scatter[0] + pos_rows.T @ pos_rows                        # (d, d) both classes
             full, full_mid = shrinkage_lda(count, sums.clone(), scatter.clone(), [gamma])
             per_layer[c].append((full[0], full_mid))
-            fitted[c] += ((x - full_mid) @ full[0]).numpy() / len(chosen)
             for g in range(n_groups):
                 if not group_rows[g].numel():
                     continue
@@ -530,11 +518,14 @@ def _fit_categories(states: torch.Tensor, ends: EndLabels, row_group: np.ndarray
                 z[c, group_rows[g].numpy()] += ((x[group_rows[g]] - mid) @ ws[0]).numpy() / len(chosen)
     rows = np.zeros_like(z)
     for c, name in enumerate(chosen_names):
-        positive = (ends.label == 1) & (row_cat == name)
+        positive = positives[name]
         mask = positive | negative
         a, b = _platt(z[c][mask], positive[mask].astype(float))
         if not a > 0.0 or abs(a) * float(np.std(z[c][mask])) > _MAX_SLOPE:   # degenerate out-of-fold scores
-            a, b = _platt(fitted[c][mask], positive[mask].astype(float))
+            fitted = np.zeros(ends.prompt.shape[0])                            # the full fit's, mean over layers
+            for i, (w, mid) in zip(chosen, per_layer[c], strict=True):
+                fitted += ((states[:, i].to(_F64) - mid) @ w).numpy() / len(chosen)
+            a, b = _platt(fitted[mask], positive[mask].astype(float))
         rows[c] = a * z[c] + b
         names.append(name)
         dirs.append(torch.stack([w for w, _ in per_layer[c]]))
