@@ -680,12 +680,15 @@ def _default_guard_for(host: Host, progress: bool) -> Path:
 def build_default_guard(host: Host, out: str | os.PathLike[str], *, root: Path | None = None, every: int = 1,
                         progress: bool = True) -> Path:
     """Fit the default guard (:data:`DEFAULT_RECIPE` on the calibration sets under ``root``, the bundled ones
-    by default; ``every`` > 1 keeps every k-th row of each class, for a quick rebuild) and save it to ``out``.
+    by default; ``every`` > 1 keeps every k-th row of each class and a k-th of the refusal-direction prompts, at
+    least 8, for a quick rebuild) and save it to ``out``.
 
     The fit is deterministic: the same host, sets and recipe give the same artifact on the same machine.
     """
     harmful, harmless = read_calibration_sets(root)
-    fitted = calibrate(host, harmful[::every], harmless[::every], settings=DEFAULT_RECIPE,
+    recipe = DEFAULT_RECIPE if every == 1 else DEFAULT_RECIPE.model_copy(
+        update={"refusal_prompts": max(8, DEFAULT_RECIPE.refusal_prompts // every)})
+    fitted = calibrate(host, harmful[::every], harmless[::every], settings=recipe,
                        guard_settings=DEFAULT_GUARD_SETTINGS, progress=progress)
     return save_fitted(fitted, out)
 
