@@ -57,7 +57,9 @@ def extended(base: LatentGuard, cache: StateCache) -> LatentGuard:
     return base.extend({"legal_advice": LEGAL}, base=(BASE_H, BASE_B), recipe=RECIPE, cache=cache, progress=False)
 
 
-def _close(a: LatentGuard, b: LatentGuard, atol: float = 1e-4) -> None:
+def _close(a: LatentGuard, b: LatentGuard, atol: float = 3e-4) -> None:
+    # 3e-4, not 1e-4: the items include pasted texts (augment's topic_change, up to 1,800 characters), so the two
+    # fits batch and pad their reads differently and single float32 entries move by up to ~2e-4
     assert a.fitted.scorer.config()["layers"] == b.fitted.scorer.config()["layers"]
     for key in ("pooling", "shrinkage", "categories"):
         assert a.fitted.scorer.config()[key] == b.fitted.scorer.config()[key], key

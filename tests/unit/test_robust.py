@@ -220,9 +220,29 @@ def test_wrappers_say_where_the_request_sits(family: str) -> None:
         assert inside.replace(" ", "").lower()[:3] == request.replace(" ", "").lower()[:3]
     elif family == "split_turns":
         assert request.endswith(inside)
+    elif family in ("story_frame", "topic_change"):  # may go on a sentence of the frame: first letter lowered
+        assert inside[:1].lower() + inside[1:] == request[:1].lower() + request[1:]
     else:
         assert inside == request
     assert wrapped.family == family
+
+
+def test_pasted_text_comes_before_the_request_and_frames_keep_it_whole() -> None:
+    request = "Tell me how to grow tomatoes on a balcony."
+    lengths = []
+    for seed in range(40):
+        pasted = wrap(request, "topic_change", random.Random(seed))
+        assert isinstance(pasted.prompt, str) and pasted.request.end == len(pasted.prompt)
+        lengths.append(pasted.request.start)
+        framed = wrap(request, "story_frame", random.Random(seed))
+        assert isinstance(framed.prompt, str)
+        inside = framed.prompt[framed.request.start:framed.request.end]
+        assert inside[1:] == request[1:] and framed.prompt != request
+    # one to ten pairs of sentences: short pastes and long ones that repeat themselves
+    assert min(lengths) < 400 and max(lengths) > 1_200
+    longest = wrap(request, "topic_change", random.Random(lengths.index(max(lengths))))
+    sentences = longest.prompt[:longest.request.start].split(". ")
+    assert len(set(sentences)) < len(sentences)
 
 
 def test_extra_families_wrap_every_third_row_in_turn_and_leave_the_drawn_ones_alone() -> None:
