@@ -80,6 +80,11 @@ def _spaced(before: str, request: str, after: str = "", sep: str = " ") -> Wrapp
     return Wrapped(text, "", RequestSpan(0, start, start + len(request)))
 
 
+def _lower_first(text: str) -> str:
+    """``text`` with its first letter lowered, for a request that goes on a sentence of the wrapper."""
+    return text[:1].lower() + text[1:]
+
+
 def _greeting(request: str, rng: random.Random) -> Wrapped:
     return _spaced(rng.choice(_GREETINGS), request)
 
@@ -94,7 +99,7 @@ def _format_request(request: str, rng: random.Random) -> Wrapped:
 
 def _leading_question(request: str, rng: random.Random) -> Wrapped:
     question, _ = rng.choice(_LEADS)
-    return _spaced(f"{question} Also,", request[:1].lower() + request[1:])
+    return _spaced(f"{question} Also,", _lower_first(request))
 
 
 def _prior_turn(request: str, rng: random.Random) -> Wrapped:
@@ -244,9 +249,7 @@ _STORY_FRAMES = (
 def _story_frame(request: str, rng: random.Random) -> Wrapped:
     """The request inside a fiction, role-play or hypothetical frame (the request as it stands, quoted or not)."""
     before, after = rng.choice(_STORY_FRAMES)
-    if before.endswith(", "):  # the request goes on the sentence of the frame
-        request = request[:1].lower() + request[1:]
-    return _spaced(before, request, after, sep="")
+    return _spaced(before, _lower_first(request) if before.endswith(", ") else request, after, sep="")
 
 
 _CONTEXT = (
@@ -277,10 +280,7 @@ def _topic_change(request: str, rng: random.Random) -> Wrapped:
     pairs = [rng.randrange(len(_CONTEXT) // 2) for _ in range(rng.randrange(1, 11))]
     sentences = [_CONTEXT[2 * pair + k] for pair in pairs for k in (0, 1)]
     turn = rng.choice(_TURNS)
-    before = " ".join(sentences) + turn
-    if turn.endswith(", "):  # the request goes on the sentence of the turn
-        request = request[:1].lower() + request[1:]
-    return Wrapped(before + request, "", RequestSpan(0, len(before), len(before) + len(request)))
+    return _spaced(" ".join(sentences) + turn, _lower_first(request) if turn.endswith(", ") else request, sep="")
 
 
 FAMILIES: Mapping[str, Wrapper] = MappingProxyType({

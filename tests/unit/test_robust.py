@@ -229,18 +229,20 @@ def test_wrappers_say_where_the_request_sits(family: str) -> None:
 
 def test_pasted_text_comes_before_the_request_and_frames_keep_it_whole() -> None:
     request = "Tell me how to grow tomatoes on a balcony."
-    lengths = []
+    pastes = []
     for seed in range(40):
         pasted = wrap(request, "topic_change", random.Random(seed))
         assert isinstance(pasted.prompt, str) and pasted.request.end == len(pasted.prompt)
-        lengths.append(pasted.request.start)
+        pastes.append(pasted)
         framed = wrap(request, "story_frame", random.Random(seed))
         assert isinstance(framed.prompt, str)
         inside = framed.prompt[framed.request.start:framed.request.end]
         assert inside[1:] == request[1:] and framed.prompt != request
     # one to ten pairs of sentences: short pastes and long ones that repeat themselves
+    lengths = [p.request.start for p in pastes]
     assert min(lengths) < 400 and max(lengths) > 1_200
-    longest = wrap(request, "topic_change", random.Random(lengths.index(max(lengths))))
+    longest = max(pastes, key=lambda p: p.request.start)
+    assert isinstance(longest.prompt, str)
     sentences = longest.prompt[:longest.request.start].split(". ")
     assert len(set(sentences)) < len(sentences)
 
