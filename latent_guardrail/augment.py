@@ -33,12 +33,15 @@ __all__ = ["CALIBRATION_FAMILIES", "EXTRA_EVERY", "EXTRA_FAMILIES", "FAMILIES", 
 class RequestSpan:
     """Where the request sits: user turn ``turn`` (0 = first user message), characters ``[start, end)`` of it.
 
-    ``None`` fields of :class:`Wrapped` mean the request is the whole (last) user message.
+    ``first_turn``: the user turn where a request split over turns begins (its earlier part is there; None: the
+    request lies in ``turn`` alone). ``None`` fields of :class:`Wrapped` mean the request is the whole (last)
+    user message.
     """
 
     turn: int
     start: int
     end: int
+    first_turn: int | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ def _split_turns(request: str, rng: random.Random) -> Wrapped:
                                {"role": "assistant", "content": rng.choice(_ACKS)},
                                {"role": "user", "content": f"...and the rest: {second}"}]
     start = len("...and the rest: ")
-    return Wrapped(messages, "", RequestSpan(1, start, start + len(second)))
+    return Wrapped(messages, "", RequestSpan(1, start, start + len(second), first_turn=0))
 
 
 def _continue(request: str, rng: random.Random) -> Wrapped:
@@ -362,7 +365,7 @@ def source_group(source: str | None, harmful: bool) -> str:
             return f"src:{prefix[:-1]}"
     if stem in SHARED_FAMILIES:  # the same frames on both sides: one family
         return f"src:{stem}"
-    if harmful and stem not in ("persuasion", "framed", "embedded", "casual"):
+    if harmful and stem not in ("persuasion", "framed", "embedded", "casual", "xcontrast"):
         return "src:requests"
     return f"src:{stem}" if not harmful or stem != "casual" else "src:casual_harmful"
 
@@ -399,7 +402,9 @@ def end_labels(item: CalibrationItem, encoding: PromptEncoding) -> list[int]:
     """A label per clause end of ``encoding`` (1 harmful, 0 harmless, -1 none; see :mod:`latent_guardrail.pooled`).
 
     Harmless item: every end 0. Harmful item: the end that closes the request is 1, ends before the request
-    starts are 0, the rest -1 (without a known request: the last end is 1, the rest -1).
+    starts are 0, the rest -1 (without a known request: the last end is 1, the rest -1). A request split over
+    turns (``RequestSpan.first_turn``) starts in its first turn: the ends of its earlier parts read part of the
+    request, so they are -1, not 0.
     """
     count = len(encoding.ends)
     if not item.harmful:
@@ -417,10 +422,15 @@ def end_labels(item: CalibrationItem, encoding: PromptEncoding) -> list[int]:
     found = content.rfind(item.request_text)
     r_start, r_end = (found, found + len(item.request_text)) if found >= 0 else (item.request.start,
                                                                                   item.request.end)
+    first = k
+    if item.request.first_turn is not None and item.request.first_turn < item.request.turn:
+        first = turn_of_message.get(user_indices[item.request.first_turn], k)
     labels = []
     positive_done = False
     for turn, _, c_end in encoding.end_clauses:
-        if turn < k or (turn == k and c_end <= r_start):
+        if first <= turn < k or (first < k and turn == k and c_end <= r_start):
+            labels.append(-1)
+        elif turn < k or (turn == k and c_end <= r_start):
             labels.append(0)
         elif turn == k and c_end >= r_end and not positive_done:
             labels.append(1)
