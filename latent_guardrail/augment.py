@@ -286,20 +286,34 @@ def _topic_change(request: str, rng: random.Random) -> Wrapped:
     return _spaced(" ".join(sentences) + turn, _lower_first(request) if turn.endswith(", ") else request, sep="")
 
 
+_SALUTATIONS = ("Dear Dr. Moreau,", "Hello all,", "Hey Jess,", "Good morning Mr. Patel,", "Hi folks,", "Dear support,",
+                "Hiya,", "To whom it may concern,", "Morning everyone,", "Dear Aunt Ruth,")
+_SUBJECTS = ("", "", "Re: follow-up\n\n", "Fwd: from last week\n\n", "Subject: help needed\n\n", "RE: your message\n\n")
+_SIGN_OFFS = ("Kind regards,\nTom", "Thanks so much,\nA.", "Cheers,\nMarta", "Warm wishes,\nDev",
+              "All the best,\nK. Oduya", "Sincerely,\nL. Brandt", "Talk soon,\nRiya", "Many thanks in advance,\nPaul")
+
+
+def _letter(request: str, rng: random.Random) -> Wrapped:
+    """The request as the body of a letter or message: an optional subject line, a salutation, a sign-off with a
+    name (the held-out ``email`` is one fixed frame of this kind)."""
+    before = rng.choice(_SUBJECTS) + rng.choice(_SALUTATIONS) + rng.choice(("\n", "\n\n"))
+    return _spaced(before, request, rng.choice(("\n", "\n\n")) + rng.choice(_SIGN_OFFS), sep="")
+
+
 FAMILIES: Mapping[str, Wrapper] = MappingProxyType({
     "greeting": _greeting, "pleasantry": _pleasantry, "format_request": _format_request,
     "leading_question": _leading_question, "prior_turn": _prior_turn, "persona": _persona, "fake_turn": _fake_turn,
     "lowercase": _lowercase, "no_punct": _no_punct, "typos": _typos, "split_turns": _split_turns,
     "continue": _continue, "email": _email, "json_payload": _json_payload, "signature": _signature,
     "closing": _closing, "structured": _structured, "chatter": _chatter, "story_frame": _story_frame,
-    "topic_change": _topic_change,
+    "topic_change": _topic_change, "letter": _letter,
 })
 """Every wrapper family, by name."""
 
 HELD_OUT_FAMILIES: tuple[str, ...] = ("email", "json_payload", "signature")
 """Wrapper families calibration never sees (evaluation only)."""
 
-EXTRA_FAMILIES: tuple[str, ...] = ("closing", "structured", "chatter", "story_frame", "topic_change")
+EXTRA_FAMILIES: tuple[str, ...] = ("closing", "structured", "chatter", "story_frame", "topic_change", "letter")
 """Wrapper families added, in turn, to every :data:`EXTRA_EVERY`-th calibration row as one further wrapped copy,
 on top of the drawn ones (so adding one leaves the drawn families of every row as they were)."""
 

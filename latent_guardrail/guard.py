@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GUARD = "default"
 _THRESHOLD_POLICY = ThresholdPolicy()
-_DEFAULT_GUARD_VERSION = "6"  # 6: xcontrast sets, first parts of a request split over turns unlabelled
+_DEFAULT_GUARD_VERSION = "7"  # 7: letter extra family; 6: xcontrast sets, split-turn first parts unlabelled
 DEFAULT_RECIPE = CalibrationSettings(mode="pooled", augment=1, target_fpr=0.15)
 """How the default guard is fitted on the bundled sets (threshold at 15 % held-out-family false positives)."""
 DEFAULT_GUARD_SETTINGS = GuardSettings(case_fold=True, close_sentences=True)

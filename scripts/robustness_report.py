@@ -45,7 +45,7 @@ from tests.support import adversarial  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 # held-out families with a near relative among the calibration forms (augment.EXTRA_FAMILIES)
-NEAR = {"email": "closing", "signature": "closing", "json_payload": "structured", "benign_padding": "chatter",
+NEAR = {"email": "letter", "signature": "closing", "json_payload": "structured", "benign_padding": "chatter",
         "role_play": "story_frame", "long_prefix": "topic_change"}
 HELDOUT = ROOT / "heldout"
 

@@ -248,6 +248,25 @@ def test_pasted_text_comes_before_the_request_and_frames_keep_it_whole() -> None
     assert len(set(sentences)) < len(sentences)
 
 
+def test_letter_puts_the_request_between_a_salutation_and_a_sign_off_unlike_the_held_out_email() -> None:
+    request = "Tell me how to grow tomatoes on a balcony."
+    salutations, sign_offs = set(), set()
+    for seed in range(40):
+        letter = wrap(request, "letter", random.Random(seed))
+        assert isinstance(letter.prompt, str)
+        before, after = letter.prompt[:letter.request.start], letter.prompt[letter.request.end:]
+        assert letter.prompt[letter.request.start:letter.request.end] == request
+        assert before.endswith("\n") and after.startswith("\n")
+        salutations.add(before.strip().splitlines()[-1])
+        sign_offs.add(after.strip().splitlines()[0])
+        # the held-out email frame stays unseen: none of its fixed lines appear in a letter
+        email = wrap(request, "email", random.Random(seed)).prompt
+        assert isinstance(email, str)
+        for line in ("Subject: quick question", "Hi team,", "Best regards,"):
+            assert line in email and line not in letter.prompt
+    assert len(salutations) >= 6 and len(sign_offs) >= 5
+
+
 def test_extra_families_wrap_every_third_row_in_turn_and_leave_the_drawn_ones_alone() -> None:
     harmful = [(f"harmful request number {i}.", "x", "a.jsonl") for i in range(18)]
     items = build_items(harmful, [], wrapped_per_item=1)
